@@ -1,0 +1,1 @@
+"""Data sets (TFDS builders), the input pipeline and on-device augmentation."""

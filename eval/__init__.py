@@ -1,0 +1,1 @@
+"""Metrics, instance clustering and the offline evaluator."""

@@ -1,0 +1,1 @@
+"""Configs, trainer and command-line entry points."""
