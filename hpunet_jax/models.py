@@ -1,0 +1,107 @@
+"""`make_model`: the Haiku modules as a bundle of pure, jit-able functions.
+
+```python
+model = make_model('hpunet', config.model)   # or 'spunet'
+params = model.init(rng, image, segmentation)
+out = model.train_forward(params, rng, image, segmentation)
+samples = model.sample(params, rng, image, num_samples=16)   # [N,B,H,W,K]
+```
+
+Sampling runs the encoder once and `vmap`s the decoder path over N keys
+(paper Sec. 2: "only the U-Net's decoder needs to be rerun").
+
+Shape glossary: `B` batch, `H, W` image size, `C_in` image channels, `K`
+classes, `N` samples, `L` latent levels.
+"""
+from typing import Any, Callable, Mapping, NamedTuple
+
+import haiku as hk
+import jax
+
+from hpunet_jax import hpunet
+from hpunet_jax import spunet
+
+MODEL_CLASSES = {
+    'hpunet': hpunet.HierarchicalProbUNet,
+    'spunet': spunet.ProbUNet,
+}
+
+
+class Model(NamedTuple):
+  """Pure functions of one model; see docs/interfaces.md.
+
+  Attributes:
+    init: `(rng, image [B,H,W,C_in], segmentation [B,H,W]) -> params`.
+    train_forward: `(params, rng, image, segmentation) -> TrainOutputs`.
+    reconstruct: `(params, image, segmentation) -> logits [B,H,W,K]` from the
+      posterior means.
+    encode: `(params, image) -> encoding` (prior encoder features).
+    decode: `(params, rng, encoding, mean_levels=None) -> logits [B,H,W,K]`.
+    sample: `(params, rng, image, num_samples, mean_levels=None) -> logits
+      [N,B,H,W,K]`, encoder once, decoder vmapped over N keys.
+    sample_full_rerun: same result as `sample`, re-running the whole network
+      for each sample (the reference for tests and benchmarks).
+    num_latent_levels: L.
+  """
+  init: Callable[..., Any]
+  train_forward: Callable[..., Any]
+  reconstruct: Callable[..., Any]
+  encode: Callable[..., Any]
+  decode: Callable[..., Any]
+  sample: Callable[..., Any]
+  sample_full_rerun: Callable[..., Any]
+  num_latent_levels: int
+
+
+def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
+  """Builds the functions of `model_type` ('hpunet' or 'spunet').
+
+  Args:
+    model_type: which network.
+    model_kwargs: constructor kwargs of `hpunet.HierarchicalProbUNet` or
+      `spunet.ProbUNet` (a config's `model` sub-dict).
+  """
+  if model_type not in MODEL_CLASSES:
+    raise ValueError(f'Unknown model_type {model_type!r}; expected one of '
+                     f'{sorted(MODEL_CLASSES)}.')
+  model_class = MODEL_CLASSES[model_type]
+  kwargs = dict(model_kwargs)
+
+  def template():
+    net = model_class(**kwargs)
+    decode_one = lambda image, mean_levels: net.decode(net.encode(image),
+                                                       mean_levels)
+    return net.train_forward, (net.train_forward, net.reconstruct, net.encode,
+                               net.decode, decode_one)
+
+  transformed = hk.multi_transform(template)
+  (train_apply, reconstruct_apply, encode_apply, decode_apply,
+   sample_one_apply) = transformed.apply
+  num_latent_levels = hk.transform(
+      lambda: model_class(**kwargs).num_latent_levels).apply({}, None)
+
+  def reconstruct(params, image, segmentation):
+    return reconstruct_apply(params, None, image, segmentation)
+
+  def encode(params, image):
+    return encode_apply(params, None, image)
+
+  def decode(params, rng, encoding, mean_levels=None):
+    return decode_apply(params, rng, encoding, mean_levels)
+
+  def sample(params, rng, image, num_samples: int, mean_levels=None):
+    encoding = encode(params, image)
+    keys = jax.random.split(rng, num_samples)
+    return jax.vmap(lambda key: decode(params, key, encoding, mean_levels))(
+        keys)
+
+  def sample_full_rerun(params, rng, image, num_samples: int,
+                        mean_levels=None):
+    keys = jax.random.split(rng, num_samples)
+    return jax.numpy.stack([sample_one_apply(params, key, image, mean_levels)
+                            for key in keys])
+
+  return Model(init=transformed.init, train_forward=train_apply,
+               reconstruct=reconstruct, encode=encode, decode=decode,
+               sample=sample, sample_full_rerun=sample_full_rerun,
+               num_latent_levels=num_latent_levels)

@@ -1,0 +1,89 @@
+"""The training objective the trainer differentiates.
+
+`loss_fn` composes the model's training forward pass with the losses of
+`hpunet_jax.losses`: GECO (Eq. 6) or the ELBO (Eq. 5), each with the top-k
+reconstruction term and the weight-decay term of Appx. D.
+
+`loss_config` keys (a config's `loss` sub-dict):
+  objective: 'geco' or 'elbo'.
+  beta: KL weight of the ELBO.
+  kappa: GECO's reconstruction target per pixel.
+  geco_decay: decay of GECO's moving average (0.99 in the authors' code).
+  geco_rate: gradient scale of the Lagrange parameter (1e-2).
+  top_k_fraction: fraction of the batch's pixels in the loss (0.02); 0 or
+    None = all valid pixels.
+  deterministic_top_k: pick the k largest losses instead of sampling.
+  weight_decay: L2 factor on conv kernels (1e-5).
+"""
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from hpunet_jax import losses
+from hpunet_jax import models
+
+OBJECTIVES = ('geco', 'elbo')
+
+
+def init_trainable(model: models.Model, rng: jax.Array, image: jax.Array,
+                   segmentation: jax.Array, loss_config: Mapping[str, Any]):
+  """The trained pytree: `{'model': params}` plus `{'geco': {'v': v_0}}`."""
+  if loss_config['objective'] not in OBJECTIVES:
+    raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got "
+                     f"{loss_config['objective']!r}.")
+  trainable = {'model': model.init(rng, image, segmentation)}
+  if loss_config['objective'] == 'geco':
+    trainable['geco'] = {'v': losses.initial_lagrange_parameter()}
+  return trainable
+
+
+def init_geco_state() -> losses.GecoState:
+  return losses.init_geco_state()
+
+
+def loss_fn(trainable, geco_state: losses.GecoState, rng: jax.Array,
+            batch: Mapping[str, jax.Array], *, model: models.Model,
+            loss_config: Mapping[str, Any]):
+  """Loss of one batch.
+
+  Args:
+    trainable: see `init_trainable`.
+    geco_state: GECO's moving average (unused, returned as is, for the ELBO).
+    rng: key for the posterior sample and the top-k Gumbel noise.
+    batch: `image [B,H,W,C_in]`, `segmentation [B,H,W]` int, `mask [B,H,W]`.
+    model: from `models.make_model`.
+    loss_config: see the module docstring.
+
+  Returns:
+    `(loss, (new_geco_state, scalars))`, scalars a dict of float scalars:
+    `loss, rec_sum, rec_mean, kl_sum, kl_<l>, lambda, constraint`.
+  """
+  model_rng, top_k_rng = jax.random.split(rng)
+  params = trainable['model']
+  out = model.train_forward(params, model_rng, batch['image'],
+                            batch['segmentation'])
+  rec = losses.reconstruction_loss(
+      out.logits, batch['segmentation'], batch['mask'], top_k_rng,
+      top_k_fraction=loss_config['top_k_fraction'],
+      deterministic_top_k=loss_config['deterministic_top_k'])
+  kl_sum = jnp.sum(out.kl_per_level)
+  scalars = {'rec_sum': rec.rec_sum, 'rec_mean': rec.rec_mean,
+             'kl_sum': kl_sum}
+  for level in range(out.kl_per_level.shape[0]):
+    scalars[f'kl_{level}'] = out.kl_per_level[level]
+  if loss_config['objective'] == 'geco':
+    loss, geco_state, lagrange, constraint = losses.geco_loss(
+        rec, kl_sum, trainable['geco']['v'], geco_state,
+        kappa=loss_config['kappa'], decay=loss_config['geco_decay'],
+        rate=loss_config['geco_rate'])
+    scalars['lambda'] = lagrange
+    scalars['constraint'] = constraint
+  elif loss_config['objective'] == 'elbo':
+    loss = losses.elbo_loss(rec.rec_sum, kl_sum, loss_config['beta'])
+  else:
+    raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got "
+                     f"{loss_config['objective']!r}.")
+  loss = loss + losses.weight_decay_loss(params, loss_config['weight_decay'])
+  scalars['loss'] = loss
+  return loss, (geco_state, scalars)
