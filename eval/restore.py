@@ -1,0 +1,54 @@
+"""Loads a trained model from a workdir for offline evaluation and predict."""
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from hpunet_jax import models
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class Restored(NamedTuple):
+  config: ml_collections.ConfigDict
+  model: models.Model
+  params: Any
+  step: int
+
+
+def restore_latest(workdir: str,
+                   config: Optional[ml_collections.ConfigDict] = None,
+                   step: Optional[int] = None) -> Restored:
+  """The model parameters of the newest (or a given) checkpoint.
+
+  Args:
+    workdir: the training run's directory (holds `checkpoints/`).
+    config: the run's config; None = the config saved with the checkpoint.
+    step: which checkpoint; None = the newest.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `<workdir>/checkpoints`.
+  """
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoints in {directory}: train first, or '
+                            'pass the --workdir of a training run.')
+  manager = ocp.CheckpointManager(
+      directory, item_names=('state', 'loader', 'config'),
+      options=ocp.CheckpointManagerOptions(create=False))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No complete checkpoint in {directory}.')
+  items = {'state': ocp.args.StandardRestore()}
+  if config is None:
+    items['config'] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  manager.close()
+  if config is None:
+    config = ml_collections.ConfigDict(restored['config'])
+  state = restored['state']
+  trainable = state['trainable'] if isinstance(state, dict) else state[1]
+  model = models.make_model(config.model_type, config.model.to_dict())
+  return Restored(config, model, trainable['model'], int(step))
