@@ -55,7 +55,9 @@ def write_lidc(root) -> dict[str, dict[str, dict[str, np.ndarray]]]:
       image_dir.mkdir(parents=True)
       gt_dir.mkdir(parents=True)
       for stem, first_grader, lesion_by_grader in crops:
-        image = rng.integers(0, 256, (LIDC_SIZE, LIDC_SIZE), dtype=np.uint8)
+        # A smooth ramp with a little noise: distinct per crop, small as PNG.
+        ramp = np.add.outer(np.arange(LIDC_SIZE), np.arange(LIDC_SIZE)) // 2
+        image = (ramp + rng.integers(0, 4, ramp.shape)).astype(np.uint8)
         (image_dir / f'{stem}.png').write_bytes(image_codec.encode_png(image))
         graders = np.zeros((4, LIDC_SIZE, LIDC_SIZE), np.uint8)
         for g, has_lesion in enumerate(lesion_by_grader):
@@ -96,9 +98,9 @@ def write_snemi3d(root) -> tuple[np.ndarray, np.ndarray]:
   labels = np.broadcast_to(70000 + cell * 3, shape).astype(np.uint32).copy()
   labels[:, ::8, :] = 0
   labels[:, :, ::8] = 0
-  labels[2:, :32, :32] = 123456  # A neurite that merges cells higher in z.
-  tifffile.imwrite(root / 'train-input.tif', em)
-  tifffile.imwrite(root / 'train-labels.tif', labels)
+  labels[2:, 4:28, 4:28] = 123456  # A neurite that merges cells higher in z.
+  tifffile.imwrite(root / 'train-input.tif', em, photometric='minisblack')
+  tifffile.imwrite(root / 'train-labels.tif', labels, photometric='minisblack')
   return em, labels
 
 
@@ -120,26 +122,27 @@ def cityscapes_stem(city: str, index: int) -> str:
 def _cityscapes_labels(index: int) -> tuple[np.ndarray, np.ndarray]:
   """(labelIds uint8, instanceIds uint16) `[16, 32]` for image `index`.
 
-  Left half road (7), right half sky (23); three cars (26); a person (24);
-  a bicycle group (33); a 255 'license plate' pixel; an unlabeled (0) corner.
-  Cars cover odd rows/columns so a 2x nearest downsampling keeps them, except
-  a 1-pixel car at (0, 30) which it drops.
+  Left half road (7), right half sky (23); three cars (26); a person (24); a
+  bicycle group (33, no instance number); an unlabeled (0) patch; one 255
+  (license plate) pixel. Everything but the 1-pixel car at (0, 30) covers odd
+  rows and columns, which a 2x nearest-neighbour downsampling keeps.
   """
   label_ids = np.full((CITYSCAPES_HEIGHT, CITYSCAPES_WIDTH), 7, np.uint8)
   label_ids[:, 16:] = 23
-  label_ids[:2, :2] = 0
+  label_ids[14:16, 8:12] = 0
   instance_ids = label_ids.astype(np.uint16)
-  cars = [(slice(1, 5), slice(1, 5)), (slice(9, 13), slice(5 + index, 9 + index)),
+  cars = [(slice(1, 5), slice(1, 5)),
+          (slice(9, 13), slice(5 + index, 9 + index)),
           (slice(0, 1), slice(30, 31))]
   for k, (rows, cols) in enumerate(cars):
     label_ids[rows, cols] = 26
     instance_ids[rows, cols] = 26000 + k
   label_ids[5:9, 20:24] = 24
   instance_ids[5:9, 20:24] = 24000
-  label_ids[13:15, 25:27] = 33  # A bicycle group: id 33, no instance number.
+  label_ids[13:15, 25:27] = 33
   instance_ids[13:15, 25:27] = 33
-  label_ids[14, 2] = 255  # The uint8 form of the license plate id -1.
-  instance_ids[14, 2] = 0
+  label_ids[13, 3] = 255
+  instance_ids[13, 3] = 0
   return label_ids, instance_ids
 
 

@@ -1,9 +1,11 @@
-"""Tests for the LIDC crops TFDS builder on a tiny fixture in the release layout."""
+"""Tests for the LIDC crops TFDS builder on a tiny fixture of the release."""
 import pathlib
 import shutil
 
 import numpy as np
 import pytest
+import simple_parsing
+from tensorflow_datasets.scripts.cli import build as tfds_build_cli
 
 from datasets import image_codec
 from datasets import raw_checks
@@ -124,6 +126,12 @@ def test_mask_without_image(raw, tmp_path):
   _build_fails(raw, tmp_path / 'data', r'masks for z-7.0_c0 have no image')
 
 
+def test_patient_with_masks_but_no_images(raw, tmp_path):
+  shutil.rmtree(raw / 'train/images/LIDC-IDRI-0002')
+  _build_fails(raw, tmp_path / 'data',
+               r'gt/LIDC-IDRI-0002: grader masks of a patient with no images')
+
+
 def test_corrupt_png_then_fixed_build_succeeds(raw, tmp_path):
   # The test split is written last, so train and validation were already on
   # disk (in TFDS's temporary directory) when the build fails.
@@ -164,3 +172,20 @@ def test_committed_dummy_data_builds(tmp_path):
   dummy = pathlib.Path(lidc.__file__).parent / 'dummy_data'
   builder = fixtures.build(lidc.Builder, dummy, tmp_path / 'data')
   assert [builder.info.splits[s].num_examples for s in _SPLIT_DIRS] == [3, 1, 2]
+
+
+def test_tfds_build_command_with_builder_path(tmp_path):
+  # `tfds build datasets/lidc_crops --manual_dir=...`: the `tfds` script itself
+  # needs TensorFlow to start, so this drives its `build` command directly. It
+  # imports the builder file as `lidc_crops.lidc_crops_dataset_builder` while
+  # `datasets` is TFDS's HuggingFace stand-in.
+  fixtures.write_lidc(tmp_path / 'raw')
+  args = simple_parsing.parse(tfds_build_cli.Args, args=[
+      str(pathlib.Path(lidc.__file__).parent),
+      f'--manual_dir={tmp_path / "raw"}', f'--data_dir={tmp_path / "data"}',
+      '--file_format=array_record'])
+  args.execute()
+  assert sorted(p.name for p in (tmp_path / 'data/lidc_crops/1.0.0').glob(
+      '*.array_record*')) == [
+          f'lidc_crops-{split}.array_record-00000-of-00001'
+          for split in ('test', 'train', 'validation')]
