@@ -159,6 +159,17 @@ def test_remove_small_clusters_without_neighbours(rule, expected_label):
   np.testing.assert_array_equal(result, expected)
 
 
+def test_background_rule_when_the_map_has_no_background_pixel():
+  clusters = np.ones((10, 10), int)
+  clusters[4:6, 4:6] = 3
+  # A 1 x 1 box never holds a valid neighbour.
+  result = clustering.remove_small_clusters(clusters, box_size=1,
+                                            no_neighbour='background')
+  expected = clusters.copy()
+  expected[4:6, 4:6] = 0
+  np.testing.assert_array_equal(result, expected)
+
+
 def test_remove_small_clusters_paints_on_the_fly_in_row_major_order():
   clusters = np.zeros((5, 12), int)
   clusters[:, :3] = 1

@@ -50,6 +50,14 @@ def test_pairwise_iou_matches_scalar_iou():
   expected = np.array([[metrics.iou(a, b) for b in y] for a in x])
   np.testing.assert_allclose(metrics.pairwise_iou(x, y), expected)
   assert metrics.pairwise_iou(x, y)[1, 2] == 1.0
+  # Sparse masks (pixels empty everywhere are dropped before the product).
+  sparse_x = rng.random((4, 32, 32)) < 0.01
+  sparse_y = rng.random((2, 32, 32)) < 0.02
+  sparse_x[0] = sparse_y[1]
+  expected = np.array([[metrics.iou(a, b) for b in sparse_y] for a in sparse_x])
+  np.testing.assert_allclose(metrics.pairwise_iou(sparse_x, sparse_y),
+                             expected)
+  assert metrics.pairwise_iou(sparse_x, sparse_y)[0, 1] == 1.0
   np.testing.assert_allclose(metrics.pairwise_iou(stack(A, B, C), stack(A)),
                              [[1.0], [1 / 3], [0.0]])
 
@@ -78,6 +86,21 @@ def test_ged_single_ground_truth_and_symmetry():
   assert metrics.generalized_energy_distance(x, x) == pytest.approx(0.0)
   with pytest.raises(ValueError, match='at least 2'):
     metrics.generalized_energy_distance(x, y[:1], include_self_pairs=False)
+
+
+def test_ged_on_sparse_masks_matches_scalar_iou_loops():
+  rng = np.random.default_rng(10)
+  samples = rng.random((5, 32, 32)) < 0.01
+  truths = rng.random((3, 32, 32)) < 0.01
+  truths[2] = False
+
+  def mean_distance(xs, ys):
+    return np.mean([1 - metrics.iou(x, y) for x in xs for y in ys])
+
+  expected = (2 * mean_distance(samples, truths)
+              - mean_distance(samples, samples) - mean_distance(truths, truths))
+  assert metrics.generalized_energy_distance(samples, truths) == (
+      pytest.approx(expected))
 
 
 def test_weighted_ged():
