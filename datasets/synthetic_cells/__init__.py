@@ -1,0 +1,1 @@
+"""Synthetic cells: generator (`generator.py`) and TFDS builder."""

@@ -1,0 +1,1 @@
+"""Synthetic lesions: generator (`generator.py`) and TFDS builder."""
