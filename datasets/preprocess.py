@@ -201,9 +201,12 @@ def instances_eval_example(record) -> dict:
 
 def cityscapes_eval_example(record) -> dict:
   """Cityscapes: `image`, `instances` (cars, 0 = none), `train_ids` (int32,
-  255 = ignore) and `mask` (0 on ignore pixels)."""
+  255 = ignore), `mask` (0 on ignore pixels), and the `key` and `city` (str)
+  the official evaluator's files are named by."""
   train_ids = np.asarray(record['train_ids'], np.int32)
+  text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
   return {'image': image_to_float(record['image']),
           'instances': np.asarray(record['car_instances'], np.int32),
           'train_ids': train_ids,
-          'mask': (train_ids != CITYSCAPES_IGNORE_ID).astype(np.float32)}
+          'mask': (train_ids != CITYSCAPES_IGNORE_ID).astype(np.float32),
+          'key': text(record['key']), 'city': text(record['city'])}

@@ -1,23 +1,23 @@
 """The evaluator shared by the trainer's final summary and `eval.run_metrics`.
 
-For every test image it samples with encoder-once sampling, reconstructs the
-ground truths from the posterior means, and scores them with `eval.metrics`
-(paper Appx. B); per-image values are summarised with the bootstrap of
-`eval.bootstrap` (mean and std of 1000 resampled means).
+For every test image it draws samples with encoder-once sampling (the
+decoder path is `vmap`ped over chunks of sample keys and reduced to labels on
+the device), reconstructs the ground truths from the posterior means, and
+scores them with `eval.task_scores` (paper Appx. B). Per-image values are
+summarised with the bootstrap of `eval.bootstrap` (mean and the std of 1000
+resampled means).
 
 Tasks (from `config.data.name`):
-- lesions (`synthetic_lesions`, `lidc_crops`): binary foreground (class 1).
-  `iou_rec` (posterior-mean reconstruction of every grader), `ged_16`,
-  `ged_100` (GED^2 against the graders, self pairs included, as the usual
-  code), `hm_iou` (16 samples vs the graders), `hm_iou_subset_b` (LIDC). With
-  known modes (synthetic): `exact_ged` (100 samples vs the exact distribution)
-  and `exact_hm_iou` (16 samples), and an `oracle` row: samples drawn from the
-  true distribution, scored the same way.
-- instances (`synthetic_cells`, `snemi3d`, and the cars of `cityscapes_cars`):
-  `iou_rec` (nan-mean over the stochastic classes of a per-image random
-  remapping of the ids, as in training), `rand_error` of the Hamming clustering
-  of 16 samples (Appx. G/H) against the instance ids.
+- lesions (`synthetic_lesions`, `lidc_crops`): `iou_rec` over all graders,
+  `ged_16`, `ged_<N>` (GED^2 with self pairs, as the usual code),
+  `hm_iou` (16 samples), `hm_iou_subset_b` (LIDC); with the exact
+  distribution (synthetic): `exact_ged` (N samples), `exact_hm_iou` (16
+  samples) and an `oracle` row of samples drawn from the true distribution.
+- instances (`synthetic_cells`, `snemi3d`): `iou_rec`, `rand_error` of the
+  Hamming clustering of 16 samples.
+- `cityscapes_cars`: `iou_rec` (car classes), `rand_error`, `ap`, `ap50`.
 """
+import functools
 import json
 import math
 import os
@@ -29,11 +29,13 @@ import numpy as np
 
 from datasets import pipeline
 from eval import bootstrap
-from eval import clustering
-from eval import metrics
+from eval import task_scores
 
 LESION_TASKS = ('synthetic_lesions', 'lidc_crops')
-INSTANCE_TASKS = ('synthetic_cells', 'snemi3d', 'cityscapes_cars')
+INSTANCE_TASKS = ('synthetic_cells', 'snemi3d')
+CITYSCAPES = 'cityscapes_cars'
+# Samples decoded at once (bounds the memory of [chunk, B, H, W, K] logits).
+SAMPLE_CHUNK = 16
 
 
 class EvalResult(NamedTuple):
@@ -73,36 +75,62 @@ def _summarise(per_image: Dict[str, List[float]], num_resamples: int,
   return out
 
 
-def _remap_ids(instances: np.ndarray, num_ids: int,
-               rng: np.random.Generator) -> np.ndarray:
-  """Instance ids -> random labels 1..num_ids (0 stays background)."""
-  ids = np.unique(instances)
-  ids = ids[ids != 0]
-  lookup = dict(zip(ids.tolist(), rng.integers(1, num_ids + 1, ids.size)))
-  lookup[0] = 0
-  return np.vectorize(lookup.get, otypes=[np.int32])(instances)
+def sample_labels(model, params, rng, images, num_samples: int,
+                  foreground_classes=()):
+  """Encoder-once sampling reduced on the device.
+
+  Args:
+    model: `models.Model`.
+    params: its parameters.
+    rng: PRNG key; the samples equal `model.sample(params, rng, ...)`'s.
+    images: `[B, H, W, C]`.
+    num_samples: N (static).
+    foreground_classes: classes whose softmax is summed (static tuple).
+
+  Returns:
+    labels int32 `[N, B, H, W]` and the mean over samples of the summed
+    foreground softmax, `[B, H, W]`.
+  """
+  encoding = model.encode(params, images)
+  keys = jax.random.split(rng, num_samples)
+
+  def one_sample(key):
+    logits = model.decode(params, key, encoding, None)
+    probs = jax.nn.softmax(logits, axis=-1)
+    foreground = jnp.sum(probs[..., list(foreground_classes)], axis=-1)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), foreground
+
+  labels, foreground = jax.lax.map(one_sample, keys,
+                                   batch_size=min(SAMPLE_CHUNK, num_samples))
+  return labels, jnp.mean(foreground, axis=0)
 
 
 class Evaluator:
   """Samples and scores a model on one split of `config.data`.
 
   Config keys read (`config.eval`): `batch_size`, `num_samples` (largest
-  sample count, 100), `num_resamples` (bootstrap, 1000), `num_examples`
-  (None = the whole split), `num_figure_examples`, `cluster_alpha`,
-  `cluster_no_neighbour`; `config.data.num_instance_ids` for instance tasks.
+  sample count), `num_resamples` (bootstrap), `num_examples` (None = the
+  whole split), `num_figure_examples`, `cluster_alpha`,
+  `cluster_no_neighbour`; and `config.data.num_instance_ids` /
+  `config.data.num_car_ids` for the instance tasks.
   """
 
   def __init__(self, config, model):
     self.config = config
     self.model = model
     self.task = config.data.name
-    if self.task not in LESION_TASKS + INSTANCE_TASKS:
+    if self.task not in LESION_TASKS + INSTANCE_TASKS + (CITYSCAPES,):
       raise ValueError(f'No evaluation is defined for data set {self.task!r}.')
-    self._sample = jax.jit(model.sample, static_argnums=3)
-    self._reconstruct = jax.jit(model.reconstruct)
-
-  def _labels(self, logits) -> np.ndarray:
-    return np.asarray(jnp.argmax(logits, axis=-1))
+    foreground = ()
+    if self.task == CITYSCAPES:
+      foreground = task_scores.car_classes(config.data.num_car_ids)
+    self._sample = jax.jit(functools.partial(
+        sample_labels, model, foreground_classes=foreground),
+                           static_argnums=3)
+    reconstruct = jax.jit(model.reconstruct)
+    self._reconstruct_labels = lambda params: lambda image, seg: np.asarray(
+        jnp.argmax(reconstruct(params, jnp.asarray(image), jnp.asarray(seg)),
+                   axis=-1))
 
   def run(self, params, split: str, num_samples: int = None,
           rng_seed: int = 0) -> EvalResult:
@@ -111,19 +139,37 @@ class Evaluator:
     num_samples = num_samples or eval_config.num_samples
     examples = pipeline.eval_examples(self.config.data, split,
                                       limit=eval_config.num_examples)
+    reconstruct = self._reconstruct_labels(params)
+    ap = None
+    if self.task == CITYSCAPES:
+      from eval import cityscapes_eval  # pylint: disable=g-import-not-at-top
+      ap = cityscapes_eval.CityscapesAP(
+          task_scores.car_classes(self.config.data.num_car_ids),
+          min_region_size=eval_config.ap_min_region_size)
     per_image, oracle, figures = {}, {}, []
     key = jax.random.PRNGKey(rng_seed)
     np_rng = np.random.default_rng(rng_seed)
     for batch in _batches(examples, eval_config.batch_size):
       key, sample_key = jax.random.split(key)
       images = jnp.asarray(np.stack([e['image'] for e in batch]))
-      samples = self._labels(self._sample(params, sample_key, images,
-                                          num_samples))  # [N, B, H, W]
-      score = (self._score_lesions if self.task in LESION_TASKS
-               else self._score_instances)
+      labels, foreground = jax.device_get(
+          self._sample(params, sample_key, images, num_samples))
       for i, example in enumerate(batch):
-        values, oracle_values, arrays = score(params, example, samples[:, i],
-                                              np_rng)
+        if self.task in LESION_TASKS:
+          scores = task_scores.score_lesions(example, labels[:, i],
+                                             reconstruct, np_rng)
+        elif self.task in INSTANCE_TASKS:
+          scores = task_scores.score_instances(
+              example, labels[:, i], reconstruct, np_rng,
+              num_instance_ids=self.config.data.num_instance_ids,
+              cluster_alpha=eval_config.cluster_alpha,
+              cluster_no_neighbour=eval_config.cluster_no_neighbour)
+        else:
+          scores = task_scores.score_cityscapes(
+              example, labels[:, i], foreground[i], reconstruct, np_rng,
+              num_car_ids=self.config.data.num_car_ids,
+              cluster_alpha=eval_config.cluster_alpha, ap=ap)
+        values, oracle_values, arrays = scores
         for name, value in values.items():
           per_image.setdefault(name, []).append(value)
         for name, value in oracle_values.items():
@@ -132,79 +178,16 @@ class Evaluator:
           figures.append(arrays)
     if not per_image:
       raise ValueError(f'Split {split!r} of {self.task} has no examples.')
-    seed = rng_seed
-    summary = _summarise(per_image, eval_config.num_resamples, seed)
+    summary = _summarise(per_image, eval_config.num_resamples, rng_seed)
     summary['num_images'] = len(next(iter(per_image.values())))
     summary['num_samples'] = num_samples
+    if ap is not None:
+      summary.update(ap.result())
     if oracle:
-      summary['oracle'] = _summarise(oracle, eval_config.num_resamples, seed)
+      summary['oracle'] = _summarise(oracle, eval_config.num_resamples,
+                                     rng_seed)
     return EvalResult(summary, {k: np.asarray(v, np.float64)
                                 for k, v in per_image.items()}, figures)
-
-  def _score_lesions(self, params, example, samples, np_rng):
-    """Per-image lesion metrics; `samples` int `[N, H, W]`."""
-    graders = example['graders'] > 0  # [G, H, W]
-    recon = self._labels(self._reconstruct(
-        params, jnp.repeat(example['image'][None], len(graders), axis=0),
-        jnp.asarray(graders, jnp.int32))) == 1
-    fg = samples == 1
-    few = fg[:min(16, len(fg))]
-    values = {
-        'iou_rec': float(np.mean([metrics.iou(r, g)
-                                  for r, g in zip(recon, graders)])),
-        'ged_16': metrics.generalized_energy_distance(few, graders),
-        f'ged_{len(fg)}': metrics.generalized_energy_distance(fg, graders),
-        'hm_iou': metrics.hungarian_matched_iou(few, graders),
-    }
-    if example.get('subset_b', False):
-      values['hm_iou_subset_b'] = values['hm_iou']
-    oracle_values = {}
-    if 'modes' in example:
-      modes = example['modes'] > 0
-      probs = np.asarray(example['mode_probs'], np.float64)
-      values['exact_ged'] = metrics.weighted_generalized_energy_distance(
-          fg, None, modes, probs)
-      values['exact_hm_iou'] = metrics.weighted_hungarian_matched_iou(
-          few, modes, probs)
-      draws = modes[np_rng.choice(len(probs), size=len(fg), p=probs)]
-      oracle_few = draws[:len(few)]
-      oracle_values = {
-          'ged_16': metrics.generalized_energy_distance(oracle_few, graders),
-          f'ged_{len(fg)}': metrics.generalized_energy_distance(draws,
-                                                                graders),
-          'hm_iou': metrics.hungarian_matched_iou(oracle_few, graders),
-          'exact_ged': metrics.weighted_generalized_energy_distance(
-              draws, None, modes, probs),
-          'exact_hm_iou': metrics.weighted_hungarian_matched_iou(
-              oracle_few, modes, probs),
-      }
-    arrays = dict(image=example['image'], graders=graders, recon=recon,
-                  samples=fg[:16])
-    return values, oracle_values, arrays
-
-  def _score_instances(self, params, example, samples, np_rng):
-    """Per-image instance metrics; `samples` int `[N, H, W]`."""
-    num_ids = self.config.data.num_instance_ids
-    instances = np.asarray(example['instances'])
-    mask = np.asarray(example.get('mask', np.ones(instances.shape)))
-    target = _remap_ids(instances, num_ids, np_rng)
-    recon = self._labels(self._reconstruct(
-        params, jnp.asarray(example['image'][None]),
-        jnp.asarray(target[None])))[0]
-    stochastic = range(1, num_ids + 1)
-    eval_config = self.config.eval
-    few = samples[:min(16, len(samples))]
-    clusters = clustering.cluster_instances(
-        few, num_classes=num_ids + 1, alpha=eval_config.cluster_alpha,
-        no_neighbour=eval_config.cluster_no_neighbour, rng=np_rng)
-    values = {
-        'iou_rec': metrics.multiclass_iou(recon, target, stochastic, mask),
-        'rand_error': metrics.rand_error(np.where(mask > 0, clusters, 0),
-                                         instances),
-    }
-    arrays = dict(image=example['image'], target=target, recon=recon,
-                  clusters=clusters, samples=few, instances=instances)
-    return values, {}, arrays
 
 
 def format_table(summary: Dict[str, Any]) -> str:

@@ -1,0 +1,331 @@
+"""Evaluation figures (paper Fig. 2, 3 / 15, 4, 7 / 8) as PNG files.
+
+`write_figures` is called by `eval.evaluator.evaluate` with the arrays the
+evaluator kept for its first few images (`EvalResult.examples`):
+
+- `samples.png` (lesion tasks, Fig. 2): per image the graders, their
+  posterior-mean reconstructions, samples and the per-pixel std of the samples.
+- `levels.png` (HPU-Net, Fig. 3 / 15): samples and std maps when sampling the
+  full hierarchy, only the most global level, or only the most local level
+  (the other levels at their prior mean).
+- `clustering.png` (instance tasks, Fig. 4): target, reconstruction, Hamming
+  clustering of the samples and a few samples, categorical colours.
+- `training_curves.png` (Fig. 7 / 8): reconstruction loss per pixel (and
+  kappa), the GECO Lagrange multiplier and the KL terms over training, read
+  from `<workdir>/metrics.jsonl`.
+
+A figure whose inputs are missing is skipped. Rendering uses matplotlib's
+object-oriented API (`matplotlib.figure.Figure`, saved through the Agg
+canvas), so no display and no pyplot global state are involved.
+
+Label colours (`colourise_labels`) are shared with `experiments.predict`.
+"""
+import colorsys
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+from matplotlib import figure as mpl_figure
+import numpy as np
+
+from experiments import metric_writers
+
+# Background (label 0) and padding colours of categorical label maps, RGB.
+BACKGROUND_COLOUR = (0.0, 0.0, 0.0)
+PADDING_COLOUR = (0.5, 0.5, 0.5)
+_GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+
+
+def label_palette(num_labels: int) -> np.ndarray:
+  """RGB colours for labels `0..num_labels-1`, float `[num_labels, 3]`.
+
+  Label 0 is black; the others step around the hue circle by the golden
+  ratio, so neighbouring ids get clearly different colours and no colour
+  repeats, however many ids there are.
+  """
+  palette = np.zeros((max(int(num_labels), 1), 3), np.float64)
+  palette[0] = BACKGROUND_COLOUR
+  for label in range(1, len(palette)):
+    hue = (label * _GOLDEN_RATIO_CONJUGATE) % 1.0
+    value = (1.0, 0.8, 0.65)[label % 3]
+    palette[label] = colorsys.hsv_to_rgb(hue, 0.85, value)
+  return palette
+
+
+def colourise_labels(labels: np.ndarray,
+                     valid: Optional[np.ndarray] = None) -> np.ndarray:
+  """Integer label map `[..., H, W]` -> uint8 RGB `[..., H, W, 3]`.
+
+  Args:
+    labels: non-negative integer labels; 0 (background) is black.
+    valid: optional bool `[H, W]`; False pixels (padding) are grey.
+  """
+  labels = np.asarray(labels)
+  if labels.size and labels.min() < 0:
+    raise ValueError(f'labels must be >= 0, got minimum {labels.min()}')
+  palette = label_palette(int(labels.max(initial=0)) + 1)
+  rgb = palette[labels]
+  if valid is not None:
+    rgb = np.where(np.asarray(valid, bool)[..., None], rgb, PADDING_COLOUR)
+  return np.round(rgb * 255).astype(np.uint8)
+
+
+def one_hot_std(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Per-pixel std of one-hot samples, `[N, H, W]` int -> float `[H, W]`.
+
+  The square root of the summed per-class variances, `sqrt(1 - sum_k
+  p_k^2)` with `p_k` the fraction of samples choosing class k: 0 where all
+  samples agree. For binary maps the plain std of the foreground (`p(1-p)`
+  under the root) is the usual choice; `foreground_std` gives that.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 3:
+    raise ValueError(f'labels must be [N, H, W], got shape {labels.shape}')
+  frequencies = np.stack([np.mean(labels == k, axis=0)
+                          for k in range(num_classes)], axis=-1)
+  return np.sqrt(np.clip(1.0 - np.sum(frequencies**2, axis=-1), 0.0, None))
+
+
+def foreground_std(samples: np.ndarray) -> np.ndarray:
+  """Per-pixel std over samples `[N, H, W]` (bool or probabilities)."""
+  return np.std(np.asarray(samples, np.float64), axis=0)
+
+
+def _display_image(image: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
+  """`[H, W, C]` image -> (array for imshow, colour map): grey for one
+  channel, RGB for three, else the first channel; scaled to [0, 1]."""
+  image = np.asarray(image, np.float64)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] != 3:
+    image = image[..., 0]
+  low, high = np.nanmin(image), np.nanmax(image)
+  image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+  return image, ('gray' if image.ndim == 2 else None)
+
+
+def _new_figure(num_rows: int, num_cols: int, cell_inches: float = 1.3):
+  """A figure with a `[num_rows, num_cols]` grid of axes without ticks."""
+  fig = mpl_figure.Figure(figsize=(cell_inches * num_cols,
+                                   cell_inches * num_rows + 0.4))
+  axes = np.asarray(fig.subplots(num_rows, num_cols, squeeze=False))
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  return fig, axes
+
+
+def _show(ax, array, title: str = '', cmap: Optional[str] = None, **kwargs):
+  ax.imshow(array, cmap=cmap, interpolation='nearest', **kwargs)
+  if title:
+    ax.set_title(title, fontsize=7)
+
+
+def _show_binary(ax, mask, title: str = ''):
+  _show(ax, np.asarray(mask, np.float64), title, cmap='gray', vmin=0, vmax=1)
+
+
+def _show_std(ax, std, title: str = 'std', vmax: float = 0.5):
+  """Std map on a fixed scale (binary std <= 0.5, one-hot std < 1)."""
+  _show(ax, std, title, cmap='magma', vmin=0, vmax=vmax)
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def samples_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
+                   num_shown_samples: int = 8) -> str:
+  """Fig. 2: per lesion example a row of image, graders, reconstructions,
+  `num_shown_samples` samples and the std of all samples."""
+  num_graders = max(len(e['graders']) for e in examples)
+  num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
+  num_cols = 1 + 2 * num_graders + num_shown + 1
+  fig, axes = _new_figure(len(examples), num_cols)
+  for index, (row, example) in enumerate(zip(axes, examples)):
+    # Columns mean the same in every row: titles on the first row only.
+    title = (lambda text: text) if index == 0 else (lambda text: '')
+    image, cmap = _display_image(example['image'])
+    _show(row[0], image, title('image'), cmap)
+    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    graders, recon = example['graders'], example['recon']
+    samples = np.asarray(example['samples'])
+    for g in range(num_graders):
+      if g < len(graders):
+        _show_binary(row[1 + g], graders[g], title(f'grader {g + 1}'))
+        _show_binary(row[1 + num_graders + g], recon[g],
+                     title(f'recon. {g + 1}'))
+    for s in range(min(num_shown, len(samples))):
+      _show_binary(row[1 + 2 * num_graders + s], samples[s],
+                   title(f'sample {s + 1}'))
+    _show_std(row[-1], foreground_std(samples),
+              title(f'std ({len(samples)} samples)'))
+  fig.suptitle('Graders, posterior-mean reconstructions and prior samples',
+               fontsize=9)
+  return _save(fig, path)
+
+
+def level_settings(num_latent_levels: int) -> List[Tuple[str, Tuple[bool,
+                                                                    ...]]]:
+  """`(title, mean_levels)` for Fig. 3 / 15: sample all levels, only the
+  most global (coarsest) one, only the most local (finest) one."""
+  num = num_latent_levels
+  return [('full hierarchy', (False,) * num),
+          ('only global level', (False,) + (True,) * (num - 1)),
+          ('only local level', (True,) * (num - 1) + (False,))]
+
+
+def levels_figure(path: str, config, params, model, images: np.ndarray,
+                  num_samples: int = 8) -> str:
+  """Fig. 3 / 15: for each image and level setting a row of samples and the
+  std map; `images` float `[B, H, W, C]`."""
+  sample = jax.jit(model.sample, static_argnums=(3, 4))
+  settings = level_settings(model.num_latent_levels)
+  key = jax.random.PRNGKey(config.seed)
+  rows = []  # (image index, title, labels [N, H, W], num classes)
+  for title, mean_levels in settings:
+    key, sample_key = jax.random.split(key)
+    logits = np.asarray(sample(params, sample_key, images, num_samples,
+                               mean_levels))  # [N, B, H, W, K]
+    labels = np.argmax(logits, axis=-1)
+    rows.extend((b, title, labels[:, b], logits.shape[-1])
+                for b in range(len(images)))
+  rows.sort(key=lambda row: row[0])  # Group the settings of one image.
+  fig, axes = _new_figure(len(rows), num_samples + 2)
+  for ax_row, (b, title, labels, num_classes) in zip(axes, rows):
+    image, cmap = _display_image(images[b])
+    _show(ax_row[0], image, f'image {b + 1}', cmap)
+    ax_row[0].set_ylabel(title, fontsize=7)
+    for s in range(num_samples):
+      if num_classes == 2:
+        _show_binary(ax_row[1 + s], labels[s], f'sample {s + 1}')
+      else:
+        _show(ax_row[1 + s], colourise_labels(labels[s]), f'sample {s + 1}')
+    if num_classes == 2:
+      _show_std(ax_row[-1], foreground_std(labels == 1), 'std')
+    else:
+      _show_std(ax_row[-1], one_hot_std(labels, num_classes), 'one-hot std',
+                vmax=1.0)
+  fig.suptitle('Samples from the full hierarchy, the most global and the most '
+               'local latent level (others at the prior mean)', fontsize=9)
+  return _save(fig, path)
+
+
+def clustering_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
+                      num_shown_samples: int = 6) -> str:
+  """Fig. 4: per instance example image, target, reconstruction, clustering
+  and `num_shown_samples` samples (categorical colours, background black)."""
+  num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
+  fig, axes = _new_figure(len(examples), 4 + num_shown)
+  for index, (row, example) in enumerate(zip(axes, examples)):
+    title = (lambda text: text) if index == 0 else (lambda text: '')
+    image, cmap = _display_image(example['image'])
+    _show(row[0], image, title('image'), cmap)
+    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    _show(row[1], colourise_labels(example['target']), title('target'))
+    _show(row[2], colourise_labels(example['recon']), title('recon.'))
+    _show(row[3], colourise_labels(example['clusters']), title('clustering'))
+    samples = np.asarray(example['samples'])
+    for s in range(min(num_shown, len(samples))):
+      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s + 1}'))
+  fig.suptitle('Instance segmentation: target, reconstruction, clustering of '
+               'the samples, samples', fontsize=9)
+  return _save(fig, path)
+
+
+def _series(records: Sequence[Dict[str, Any]], key: str):
+  """Steps and values of `key` over the records that have it."""
+  pairs = [(r['step'], r[key]) for r in records
+           if key in r and r[key] is not None]
+  if not pairs:
+    return None
+  steps, values = zip(*pairs)
+  return np.asarray(steps), np.asarray(values, np.float64)
+
+
+def kl_level_keys(records: Sequence[Dict[str, Any]]) -> List[str]:
+  """`kl_0, kl_1, ...` present in the records, coarsest level first."""
+  keys = {k for r in records for k in r
+          if k.startswith('kl_') and k[3:].isdigit()}
+  return sorted(keys, key=lambda k: int(k[3:]))
+
+
+def training_curves_figure(path: str, config,
+                           records: Sequence[Dict[str, Any]]) -> Optional[str]:
+  """Fig. 7 / 8: rec_mean (and kappa), lambda, KL per level and KL sum vs
+  step. Returns None when the records hold none of these."""
+  loss_config = config.get('loss', None) if hasattr(config, 'get') else None
+  is_geco = loss_config is not None and loss_config.get('objective') == 'geco'
+  panels = []
+  rec = _series(records, 'rec_mean')
+  if rec is not None:
+    panels.append(('reconstruction loss per pixel', [('rec_mean', rec)],
+                   loss_config.get('kappa') if is_geco else None))
+  lagrange = _series(records, 'lambda')
+  if lagrange is not None:
+    panels.append(('GECO Lagrange multiplier', [('lambda', lagrange)], None))
+  kl_levels = [(k, _series(records, k)) for k in kl_level_keys(records)]
+  if kl_levels:
+    panels.append(('KL per level (0 = coarsest)', kl_levels, None))
+  kl_sum = _series(records, 'kl_sum')
+  if kl_sum is not None:
+    panels.append(('KL sum', [('kl_sum', kl_sum)], None))
+  if not panels:
+    return None
+  fig = mpl_figure.Figure(figsize=(3.6 * len(panels), 3.0))
+  axes = np.asarray(fig.subplots(1, len(panels), squeeze=False))[0]
+  for ax, (title, lines, kappa) in zip(axes, panels):
+    for label, (steps, values) in lines:
+      ax.plot(steps, values, label=label, linewidth=1)
+    if kappa is not None:
+      ax.axhline(kappa, color='k', linestyle='--', linewidth=1,
+                 label=f'kappa = {kappa:g}')
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('step', fontsize=8)
+    ax.tick_params(labelsize=7)
+    if len(lines) > 1 or kappa is not None:
+      ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def write_figures(out_dir: str, config, params, model, result,
+                  workdir: Optional[str]) -> List[str]:
+  """Writes every figure whose inputs exist into `out_dir`.
+
+  Args:
+    out_dir: folder for the PNGs (created if needed).
+    config: the run's config (`seed`, `loss.objective`, `loss.kappa`).
+    params: model parameters (for the per-level sampling figure).
+    model: the `hpunet_jax.models.Model`.
+    result: an `eval.evaluator.EvalResult`; its `examples` hold the arrays.
+    workdir: the training run's folder (for `metrics.jsonl`), or None.
+
+  Returns:
+    Paths of the written PNG files.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  examples = list(result.examples) if result is not None else []
+  paths = []
+  lesions = [e for e in examples
+             if all(k in e for k in ('image', 'graders', 'recon', 'samples'))]
+  if lesions:
+    paths.append(samples_figure(os.path.join(out_dir, 'samples.png'), lesions))
+  instances = [e for e in examples if all(
+      k in e for k in ('image', 'target', 'recon', 'clusters', 'samples'))]
+  if instances:
+    paths.append(clustering_figure(os.path.join(out_dir, 'clustering.png'),
+                                   instances))
+  images = [e['image'] for e in examples if 'image' in e][:3]
+  if images and model is not None and model.num_latent_levels > 1:
+    paths.append(levels_figure(os.path.join(out_dir, 'levels.png'), config,
+                               params, model, np.stack(images)))
+  if workdir:
+    records = metric_writers.read_metrics(workdir)
+    if records:
+      path = training_curves_figure(
+          os.path.join(out_dir, 'training_curves.png'), config, records)
+      if path:
+        paths.append(path)
+  return paths
