@@ -1,0 +1,83 @@
+"""The evaluator's plumbing: sampling reduction, per-task scores, summary."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eval import evaluator
+from eval import task_scores
+from hpunet_jax import models
+from tests.test_model import TINY_HPUNET
+
+
+def _identity_reconstruct(image, segmentation):
+  del image
+  return np.asarray(segmentation)
+
+
+def test_sample_labels_equal_argmax_of_model_sample():
+  model = models.make_model('hpunet', dict(TINY_HPUNET, num_classes=3))
+  image = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  params = model.init(jax.random.PRNGKey(1), image,
+                      jnp.zeros((2, 16, 16), jnp.int32))
+  key = jax.random.PRNGKey(2)
+  labels, foreground = evaluator.sample_labels(model, params, key, image, 5,
+                                               foreground_classes=(1, 2))
+  logits = model.sample(params, key, image, 5)
+  np.testing.assert_array_equal(labels, jnp.argmax(logits, -1))
+  probs = jax.nn.softmax(logits, -1)
+  np.testing.assert_allclose(foreground, probs[..., 1:].sum(-1).mean(0),
+                             atol=1e-5)
+
+
+def _lesion_example():
+  a = np.zeros((8, 8), np.int32)
+  a[2:5, 2:5] = 1
+  b = np.zeros((8, 8), np.int32)
+  b[1:6, 1:6] = 1
+  modes = np.stack([a, b, np.zeros_like(a)])
+  probs = np.array([0.5, 0.25, 0.25])
+  return {'image': np.zeros((8, 8, 1), np.float32),
+          'graders': np.stack([a, a, b, np.zeros_like(a)]),
+          'modes': modes, 'mode_probs': probs,
+          'mask': np.ones((8, 8), np.float32)}
+
+
+def test_lesion_scores_perfect_reconstruction_and_true_samples():
+  example = _lesion_example()
+  rng = np.random.default_rng(0)
+  # Samples from the true distribution, in exact proportion (16 = 8+4+4).
+  samples = example['modes'][np.repeat([0, 1, 2], [8, 4, 4])]
+  values, oracle, arrays = task_scores.score_lesions(
+      example, samples, _identity_reconstruct, rng)
+  assert values['iou_rec'] == 1.0
+  # Exact proportions: the weighted HM-IoU is a perfect match...
+  np.testing.assert_allclose(values['exact_hm_iou'], 1.0)
+  # ...and the exact GED is 0 (self pairs included on both sides).
+  np.testing.assert_allclose(values['exact_ged'], 0.0, atol=1e-12)
+  assert set(oracle) == {'ged_16', 'hm_iou', 'exact_ged', 'exact_hm_iou'}
+  assert arrays['samples'].shape == (16, 8, 8)
+
+
+def test_instance_scores_with_perfect_samples():
+  instances = np.zeros((16, 16), np.int32)
+  instances[:, :8], instances[:, 8:] = 1, 2
+  instances[:, 7:9] = 0  # Membrane.
+  example = {'image': np.zeros((16, 16, 1), np.float32),
+             'instances': instances, 'mask': np.ones((16, 16), np.float32)}
+  # Every sample labels the two cells consistently (different ids).
+  samples = np.stack([np.where(instances == 1, 1 + s % 3,
+                               np.where(instances == 2, 4, 0))
+                      for s in range(16)])
+  values, _, arrays = task_scores.score_instances(
+      example, samples, _identity_reconstruct, np.random.default_rng(0),
+      num_instance_ids=4, cluster_alpha=4, cluster_no_neighbour='keep')
+  assert values['iou_rec'] == 1.0
+  assert values['rand_error'] == 0.0
+  assert len(np.unique(arrays['clusters'])) == 3
+
+
+def test_format_table_has_model_and_oracle_rows():
+  table = evaluator.format_table({
+      'iou_rec': 0.9, 'iou_rec_std': 0.01, 'num_images': 3,
+      'oracle': {'exact_ged': 0.1, 'exact_ged_std': 0.02}})
+  assert 'model' in table and 'oracle' in table and 'iou_rec' in table
