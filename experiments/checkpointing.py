@@ -1,0 +1,193 @@
+"""Orbax checkpoints of the train state, data-loader position and config.
+
+Layout under `<workdir>/checkpoints/<step>/`:
+
+* `state`  - the train state pytree (arrays, restored with their shardings);
+* `loader` - JSON list with one entry per process: that process's data-loader
+  state (grain iterator state, a JSON-able dict or bytes), so that a restarted
+  run draws exactly the batches it would have drawn;
+* `config` - the run's config as JSON, for the record.
+
+A checkpoint directory only appears once Orbax has finished writing it, so a
+crash mid-save leaves the previous checkpoint as the latest. `StopRequest`
+turns SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
+"""
+import base64
+import json
+import os
+import signal
+import threading
+from typing import Any, List, Optional, Tuple
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+_STATE, _LOADER, _CONFIG = 'state', 'loader', 'config'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be restored into this run."""
+
+
+def encode_loader_state(state: Any) -> dict:
+  """Makes a loader state JSON-able: bytes become base64, dicts stay JSON."""
+  if isinstance(state, (bytes, bytearray)):
+    return {'type': 'bytes', 'value': base64.b64encode(bytes(state)).decode()}
+  try:
+    return {'type': 'json', 'value': json.loads(json.dumps(state))}
+  except TypeError as e:
+    raise CheckpointError(
+        f'data-loader state of type {type(state).__name__} is neither bytes '
+        f'nor JSON-serialisable: {e}') from e
+
+
+def decode_loader_state(encoded: dict) -> Any:
+  """Inverse of `encode_loader_state`."""
+  if encoded.get('type') == 'bytes':
+    return base64.b64decode(encoded['value'])
+  if encoded.get('type') == 'json':
+    return encoded['value']
+  raise CheckpointError(f'unknown data-loader state encoding: {encoded!r}')
+
+
+def _gather_across_processes(encoded: dict) -> List[dict]:
+  """All processes' encoded loader states, ordered by process index."""
+  if jax.process_count() == 1:
+    return [encoded]
+  # Exchange as fixed-size uint8 arrays: lengths first, then padded payloads.
+  payload = np.frombuffer(json.dumps(encoded).encode(), dtype=np.uint8)
+  lengths = multihost_utils.process_allgather(np.int32(payload.size))
+  padded = np.zeros(int(np.max(lengths)), np.uint8)
+  padded[:payload.size] = payload
+  gathered = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:n]).decode())
+          for row, n in zip(np.asarray(gathered), np.asarray(lengths))]
+
+
+class Checkpointer:
+  """Saves and restores (train state, loader state, config) with Orbax."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2,
+               use_async: bool = True):
+    """Opens (and creates) a checkpoint directory.
+
+    Args:
+      directory: e.g. `<workdir>/checkpoints`.
+      max_to_keep: how many most recent checkpoints to keep on disk.
+      use_async: write to disk in a background thread after the device-to-host
+        copy, so training continues while the files are written.
+    """
+    self.directory = os.fspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=use_async)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_names=(_STATE, _LOADER, _CONFIG))
+
+  def latest_step(self) -> Optional[int]:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> List[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, train_state: Any, loader_state: Any,
+           config_json: str) -> None:
+    """Saves a checkpoint (every process must call this, with its own state).
+
+    Args:
+      step: the number of completed train steps.
+      train_state: the train state pytree of jax arrays.
+      loader_state: this process's data-loader state (bytes or JSON-able).
+      config_json: the run's config as a JSON string.
+    """
+    loader_states = _gather_across_processes(encode_loader_state(loader_state))
+    self._manager.save(
+        step, force=True,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(train_state),
+            _LOADER: ocp.args.JsonSave(loader_states),
+            _CONFIG: ocp.args.JsonSave(json.loads(config_json)),
+        }))
+
+  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Any]:
+    """Restores the train state and this process's loader state.
+
+    Args:
+      step: which checkpoint.
+      abstract_state: pytree of `jax.ShapeDtypeStruct` (with shardings) of the
+        same structure as the saved train state.
+
+    Returns:
+      `(train_state, loader_state)`.
+
+    Raises:
+      CheckpointError: the checkpoint was written by a different number of
+        processes (their loader positions cannot be mapped onto this run).
+    """
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _LOADER: ocp.args.JsonRestore(),
+        }))
+    loader_states = restored[_LOADER]
+    if len(loader_states) != jax.process_count():
+      raise CheckpointError(
+          f'checkpoint {self.directory}/{step} holds loader states of '
+          f'{len(loader_states)} processes, this run has '
+          f'{jax.process_count()}.')
+    loader_state = decode_loader_state(loader_states[jax.process_index()])
+    return restored[_STATE], loader_state
+
+  def restore_config(self, step: int) -> dict:
+    """The config dict saved with a checkpoint."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
+    return restored[_CONFIG]
+
+  def wait_until_finished(self) -> None:
+    """Blocks until background writes are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+class StopRequest:
+  """Turns SIGTERM into a flag the train loop checks at step boundaries.
+
+  Used as a context manager around the loop: the previous handler comes back
+  on exit. Preemption notices (SIGTERM) thus end in a checkpoint at the next
+  step boundary instead of a lost run.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+
+  def __enter__(self):
+    # Signal handlers can only be installed from the main thread.
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning('Received signal %d: saving a checkpoint at the end of '
+                    'this step, then stopping.', signum)
+    self._requested = True
+
+  def requested(self) -> bool:
+    """Whether any process was asked to stop (collective when multi-host)."""
+    if jax.process_count() == 1:
+      return self._requested
+    flags = multihost_utils.process_allgather(np.int32(self._requested))
+    return bool(np.any(flags))
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,233 @@
+"""Pieces shared by the task configs in `experiments/<task>.py`.
+
+Config argument scheme (the part after `:` in `--config=file.py:ARG`): a
+comma-separated list of one model variant and optional modifiers, e.g.
+`lidc.py:spunet`, `lidc.py:global_latents,tiny`, `lidc.py:tiny` (= the default
+variant, tiny). Variants differ per task; the modifier `tiny` shrinks the model,
+images, batch and step counts so that a few steps run in seconds on a CPU
+(the tests use it).
+"""
+from typing import Optional, Sequence, Tuple
+
+import ml_collections
+import numpy as np
+
+MODIFIERS = ('tiny',)
+
+
+def parse_arg(arg: Optional[str], variants: Sequence[str],
+              default: str) -> Tuple[str, bool]:
+  """Splits `'variant,tiny'` into `(variant, tiny)`.
+
+  Args:
+    arg: the config argument (None or '' = `default`, not tiny).
+    variants: the variants this task offers.
+    default: the variant used when none is named.
+
+  Returns:
+    `(variant, tiny)`.
+
+  Raises:
+    ValueError: unknown or repeated words.
+  """
+  words = [w.strip() for w in (arg or '').split(',') if w.strip()]
+  unknown = [w for w in words if w not in variants and w not in MODIFIERS]
+  named_variants = [w for w in words if w in variants]
+  if unknown or len(named_variants) > 1 or len(set(words)) != len(words):
+    raise ValueError(
+        f'config argument {arg!r}: expected one of the variants '
+        f'{tuple(variants)} and optionally {MODIFIERS}, comma-separated.')
+  return (named_variants[0] if named_variants else default), 'tiny' in words
+
+
+def geometric_schedule(initial: float, final: float, num_drops: int,
+                       num_steps: int) -> Tuple[Tuple[int, ...],
+                                                Tuple[float, ...]]:
+  """Piecewise-constant decay from `initial` to `final` in `num_drops` steps.
+
+  The paper gives only the start and end rates and the number of drops
+  ("lowered to 0.5e-5 in 4 steps over the course of 240k iterations"); we
+  space the drops evenly over training and the rates geometrically.
+
+  Returns:
+    `(boundaries, learning_rates)` for the `optimizer` config.
+  """
+  boundaries = tuple(int(round(num_steps * (i + 1) / (num_drops + 1)))
+                     for i in range(num_drops))
+  values = tuple(float(v) for v in np.geomspace(initial, final, num_drops + 1))
+  return boundaries, values
+
+
+def doubling_channels(base: int, num_levels: int,
+                      max_doublings: int = 3) -> Tuple[int, ...]:
+  """Channels per level: doubled after each of the first `max_doublings`
+  down-samplings, then constant (paper Appx. D: "until the fourth
+  down-sampling the number of channels is doubled", e.g. 24 -> 192)."""
+  return tuple(base * 2**min(level, max_doublings)
+               for level in range(num_levels))
+
+
+def base_config(*, image_size: Tuple[int, int], batch_size: int,
+                num_train_steps: int, log_every_steps: int,
+                checkpoint_every_steps: int) -> ml_collections.ConfigDict:
+  """The run-level keys every task config has."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, data order and all training noise.
+  config.image_size = tuple(image_size)  # (H, W) the model sees (augmented).
+  config.batch_size = batch_size  # Global batch, all devices and processes.
+  config.num_train_steps = num_train_steps  # Total optimiser steps.
+  # Progress line, metrics.jsonl and TensorBoard every this many steps.
+  config.log_every_steps = log_every_steps
+  # Checkpoint every this many steps; also at the end and on SIGTERM.
+  config.checkpoint_every_steps = checkpoint_every_steps
+  config.checkpoints_to_keep = 2  # Most recent checkpoints kept on disk.
+  # (data, spatial) device mesh: batch split over `data`, image height over
+  # `spatial`. (-1, 1) = every device on the batch.
+  config.mesh_shape = (-1, 1)
+  # Persistent XLA compilation cache; '' = ~/.cache/hpunet_jax/jax.
+  config.compilation_cache_dir = ''
+  # The task file sets the rest: model_type ('hpunet' | 'spunet'), model
+  # (kwargs of the model class), loss, optimizer, data (datasets.pipeline),
+  # augment (kwargs of datasets.augment.augment_batch) and eval.
+  return config
+
+
+def hpunet_model(channels_per_level: Sequence[int],
+                 latent_dims: Sequence[int], num_classes: int,
+                 blocks_per_level: int, convs_per_block: int,
+                 num_input_channels: int) -> ml_collections.ConfigDict:
+  """Kwargs of `hpunet_jax.hpunet.HierarchicalProbUNet`."""
+  return ml_collections.ConfigDict(dict(
+      # Feature maps per resolution level, finest first; the number of
+      # entries is the number of levels (down-samplings + 1).
+      channels_per_level=tuple(channels_per_level),
+      # Latent channels per latent level, coarsest first. (1, 1, 1, 1): four
+      # scalar latent grids; (85,): one global latent vector; (0, 0, 0, 1):
+      # only the finest grid.
+      latent_dims=tuple(latent_dims),
+      num_classes=num_classes,  # Output classes K.
+      blocks_per_level=blocks_per_level,  # Res-blocks per level.
+      convs_per_block=convs_per_block,  # 3x3 convs in each res-block.
+      num_input_channels=num_input_channels,  # Image channels (checked).
+  ))
+
+
+def spunet_model(channels_per_level: Sequence[int], convs_per_level: int,
+                 latent_dim: int, num_classes: int, num_comb_convs: int,
+                 num_input_channels: int) -> ml_collections.ConfigDict:
+  """Kwargs of `hpunet_jax.spunet.ProbUNet` (the sPU-Net baseline)."""
+  return ml_collections.ConfigDict(dict(
+      channels_per_level=tuple(channels_per_level),  # Finest first.
+      convs_per_level=convs_per_level,  # 3x3 conv+ReLU per U-Net scale.
+      latent_dim=latent_dim,  # Size of the global latent vector.
+      num_classes=num_classes,  # Output classes K.
+      num_comb_convs=num_comb_convs,  # 1x1 convs of f_comb incl. logits.
+      num_input_channels=num_input_channels,  # Image channels (checked).
+  ))
+
+
+def geco_loss(kappa: float, top_k_fraction: float = 0.02,
+              weight_decay: float = 1e-5) -> ml_collections.ConfigDict:
+  """`loss_config` of `hpunet_jax.objective.loss_fn` for GECO (HPU-Net)."""
+  return ml_collections.ConfigDict(dict(
+      objective='geco',  # 'geco' or 'elbo'.
+      beta=1.0,  # KL weight (ELBO only).
+      kappa=kappa,  # Reconstruction target per pixel (GECO only).
+      geco_decay=0.99,  # Moving-average decay of the constraint.
+      geco_rate=1e-2,  # Gradient scale of the Lagrange parameter.
+      top_k_fraction=top_k_fraction,  # Fraction of pixels in the loss; 0=all.
+      deterministic_top_k=False,  # True: k largest losses, no Gumbel noise.
+      weight_decay=weight_decay,  # L2 factor on the weights (paper: 1e-5).
+  ))
+
+
+def elbo_loss(beta: float = 1.0,
+              weight_decay: float = 1e-5) -> ml_collections.ConfigDict:
+  """`loss_config` for the ELBO (sPU-Net: beta = 1, no top-k)."""
+  config = geco_loss(kappa=0.0, top_k_fraction=0.0, weight_decay=weight_decay)
+  config.objective = 'elbo'
+  config.beta = beta
+  return config
+
+
+def adam(boundaries: Sequence[int],
+         learning_rates: Sequence[float]) -> ml_collections.ConfigDict:
+  """Adam with a piecewise-constant learning rate."""
+  return ml_collections.ConfigDict(dict(
+      # Steps at which the learning rate changes (increasing).
+      boundaries=tuple(int(b) for b in boundaries),
+      # len(boundaries) + 1 rates: learning_rates[i] until boundaries[i].
+      learning_rates=tuple(float(v) for v in learning_rates),
+      b1=0.9,  # Adam first-moment decay.
+      b2=0.999,  # Adam second-moment decay.
+      eps=1e-8,  # Adam epsilon.
+  ))
+
+
+def make_tiny(config: ml_collections.ConfigDict) -> None:
+  """Shrinks steps and batch for CPU smoke tests (in place).
+
+  The task file shrinks the model, images and data on top of this.
+  """
+  config.batch_size = 2
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.optimizer = adam(boundaries=(2,), learning_rates=(1e-3, 5e-4))
+  config.eval.num_samples = 0  # No final evaluation.
+
+
+def data_config(name: str, builder_config: Optional[str],
+                train_split: str = 'train') -> ml_collections.ConfigDict:
+  """`config.data` for `datasets.pipeline` (task options added by the task)."""
+  config = ml_collections.ConfigDict()
+  config.name = name  # Folder of datasets/ holding the TFDS builder.
+  config.builder_config = (  # TFDS builder config; None = its default.
+      builder_config if builder_config is not None
+      else ml_collections.config_dict.placeholder(str))
+  # TFDS data directory; None = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  # Raw files of a real data set (built into data_dir on first use).
+  config.manual_dir = ml_collections.config_dict.placeholder(str)
+  config.train_split = train_split  # Split the trainer reads.
+  config.worker_count = 0  # grain worker processes; 0 = in-process.
+  return config
+
+
+def augment_config(crop_size, *, rotation_degrees: float = 0.0,
+                   scale_range: Tuple[float, float] = (1.0, 1.0),
+                   shear: float = 0.0, elastic_sigma: float = 8.0,
+                   elastic_alpha: float = 0.0, flip: bool = False,
+                   flip_vertical: bool = False,
+                   colour_jitter: float = 0.0) -> ml_collections.ConfigDict:
+  """Kwargs of `datasets.augment.augment_batch`, every one spelled out."""
+  return ml_collections.ConfigDict(dict(
+      crop_size=crop_size,  # Output (H, W); a reference to config.image_size.
+      rotation_degrees=rotation_degrees,  # Uniform in +- this.
+      scale_range=scale_range,  # (low, high) zoom, log-uniform.
+      shear=shear,  # Shear angle in degrees, uniform in +- this.
+      elastic_sigma=elastic_sigma,  # Smoothness of the elastic field (px).
+      elastic_alpha=elastic_alpha,  # RMS elastic displacement (px); 0 = off.
+      flip=flip,  # Mirror left-right with probability 1/2.
+      flip_vertical=flip_vertical,  # Mirror top-bottom with probability 1/2.
+      colour_jitter=colour_jitter,  # Brightness/contrast/saturation strength.
+  ))
+
+
+def eval_config(num_samples: int, *, cluster_alpha: int = 16,
+                cluster_no_neighbour: str = 'keep',
+                split: str = 'test') -> ml_collections.ConfigDict:
+  """`config.eval`, read by `eval.evaluator` (final summary, run_metrics)."""
+  return ml_collections.ConfigDict(dict(
+      split=split,  # Split the final evaluation runs on.
+      num_samples=num_samples,  # Largest sample count per image; 0 = skip.
+      batch_size=8,  # Images per evaluation batch.
+      num_resamples=1000,  # Bootstrap resamples for the +- std.
+      # Evaluate only the first N images; None = the whole split.
+      num_examples=ml_collections.config_dict.placeholder(int),
+      num_figure_examples=4,  # Images shown in the figures.
+      cluster_alpha=cluster_alpha,  # Hamming threshold of the clustering.
+      # Instance clustering: what an eroded-away pixel with no valid
+      # neighbour becomes ('keep' its id, or 'background').
+      cluster_no_neighbour=cluster_no_neighbour,
+  ))

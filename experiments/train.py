@@ -1,0 +1,91 @@
+r"""Trains a model: `python -m experiments.train --config=... --workdir=...`.
+
+Examples:
+
+  python -m experiments.train \
+      --config=experiments/synthetic_lesions.py --workdir=/tmp/lesions
+  python -m experiments.train --config=experiments/lidc.py:spunet \
+      --workdir=/tmp/lidc_spunet --config.num_train_steps=1000
+  python -m experiments.train --config=experiments/cityscapes.py \
+      --workdir=/tmp/cityscapes --config.mesh_shape='(16,2)'
+
+Rerunning the same command continues from the last checkpoint in `workdir`.
+SIGTERM makes the run save a checkpoint at the next step boundary and exit.
+
+Multi-process (several hosts, or several processes on one host): start one
+process per host with `--num_processes=P --process_id=i
+--coordinator_address=host:port`; on managed clusters (TPU pods, SLURM,
+Kubernetes) `--distributed` (or `JAX_COORDINATOR_ADDRESS` in the environment)
+lets `jax.distributed.initialize()` find the rest by itself.
+"""
+import logging as std_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from experiments import train_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Task config file, e.g. experiments/lidc.py:hpunet.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, metrics and TensorBoard.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Call jax.distributed.initialize() with cluster auto-detection.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-process).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes (multi-process).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Index of this process (multi-process).')
+
+DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'hpunet_jax', 'jax')
+
+
+def _maybe_initialize_distributed() -> None:
+  """Joins a multi-process run when the flags ask for one."""
+  if _COORDINATOR.value or _NUM_PROCESSES.value is not None:
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value or 'JAX_COORDINATOR_ADDRESS' in os.environ:
+    jax.distributed.initialize()
+
+
+def _enable_compilation_cache(cache_dir: str) -> None:
+  """Persists compiled XLA programs so restarts skip recompilation."""
+  cache_dir = os.path.expanduser(cache_dir or DEFAULT_COMPILATION_CACHE)
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def _quiet_checkpoint_library() -> None:
+  """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
+
+  def keep(record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or
+            f'{os.sep}orbax{os.sep}' not in record.pathname)
+
+  logging.get_absl_handler().addFilter(keep)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  _quiet_checkpoint_library()
+  _maybe_initialize_distributed()
+  _enable_compilation_cache(config.compilation_cache_dir)
+  logging.info('Process %d/%d, devices: %s', jax.process_index(),
+               jax.process_count(), jax.devices())
+  train_lib.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -1,0 +1,386 @@
+"""The training loop: mesh, shardings, jitted step, resume, loop, evaluation.
+
+Everything that touches arrays is a pure function (`init_train_state`,
+`train_step`); the loop only moves batches, logs and checkpoints. The state
+is donated to the jitted step, so its buffers are reused in place.
+
+A run is fully determined by its config: restarting from a checkpoint (after a
+crash, a SIGTERM or a finished shorter run) reproduces the parameters and the
+logged metrics of an uninterrupted run, because the train state (including
+the rng and the GECO moving average) and the data-loader position are saved
+together.
+"""
+import os
+from typing import (Any, Callable, Dict, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple)
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from datasets import augment
+from datasets import pipeline
+from experiments import checkpointing
+from experiments import metric_writers
+from experiments import sharding
+from hpunet_jax import models
+from hpunet_jax import objective
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradients became NaN or infinite."""
+
+
+class TrainState(NamedTuple):
+  """Everything that changes during training (all replicated jax arrays).
+
+  Attributes:
+    step: int32 scalar, completed train steps.
+    trainable: `{'model': params, 'geco': {'v': scalar}}` (no 'geco' for ELBO),
+      the pytree Adam updates.
+    opt_state: Adam state of `trainable`.
+    geco_state: GECO moving average of the reconstruction loss.
+    rng: uint32 `[2]` PRNG key for augmentation, sampling and top-k noise.
+  """
+  step: jax.Array
+  trainable: Dict[str, Any]
+  opt_state: Any
+  geco_state: Any
+  rng: jax.Array
+
+
+def make_learning_rate_schedule(
+    boundaries: Sequence[int],
+    learning_rates: Sequence[float]) -> optax.Schedule:
+  """Piecewise-constant learning rate: `learning_rates[i]` for steps in
+  `[boundaries[i-1], boundaries[i])`.
+
+  Args:
+    boundaries: increasing step numbers at which the rate changes.
+    learning_rates: `len(boundaries) + 1` rates.
+  """
+  boundaries, values = tuple(boundaries), tuple(learning_rates)
+  if len(values) != len(boundaries) + 1:
+    raise ValueError(f'optimizer.learning_rates needs len(boundaries) + 1 = '
+                     f'{len(boundaries) + 1} entries, got {values}.')
+  if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
+    raise ValueError(f'optimizer.boundaries must increase: {boundaries}.')
+  boundaries_array = jnp.asarray(boundaries, jnp.int32)
+  values_array = jnp.asarray(values, jnp.float32)
+
+  def schedule(step):
+    return values_array[jnp.searchsorted(boundaries_array, step, side='right')]
+
+  return schedule
+
+
+def make_optimizer(
+    optimizer_config: Mapping[str, Any]
+) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adam with the config's piecewise-constant schedule.
+
+  Args:
+    optimizer_config: `boundaries`, `learning_rates`, `b1`, `b2`, `eps`.
+
+  Returns:
+    `(optimizer, schedule)`.
+  """
+  schedule = make_learning_rate_schedule(optimizer_config['boundaries'],
+                                         optimizer_config['learning_rates'])
+  optimizer = optax.adam(schedule, b1=optimizer_config['b1'],
+                         b2=optimizer_config['b2'],
+                         eps=optimizer_config['eps'])
+  return optimizer, schedule
+
+
+def init_train_state(rng: jax.Array, batch: Mapping[str, jax.Array], *,
+                     model: models.Model,
+                     optimizer: optax.GradientTransformation,
+                     loss_config: Mapping[str, Any]) -> TrainState:
+  """A fresh train state; `batch` (augmented shapes) only fixes shapes."""
+  init_rng, train_rng = jax.random.split(rng)
+  trainable = objective.init_trainable(model, init_rng, batch['image'],
+                                       batch['segmentation'], loss_config)
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=optimizer.init(trainable),
+                    geco_state=objective.init_geco_state(), rng=train_rng)
+
+
+def make_train_step(*, model: models.Model,
+                    optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule,
+                    loss_config: Mapping[str, Any],
+                    augment_config: Mapping[str, Any],
+                    mesh: jax.sharding.Mesh,
+                    batch_example: Mapping[str, Any]) -> Callable:
+  """The jitted, state-donating train step for `mesh`.
+
+  Args:
+    model: the model's pure functions.
+    optimizer: from `make_optimizer`.
+    schedule: its learning rate schedule (logged).
+    loss_config: `config.loss`.
+    augment_config: kwargs of `datasets.augment.augment_batch`.
+    mesh: the `('data', 'spatial')` mesh.
+    batch_example: a global batch (arrays or ShapeDtypeStructs) fixing the
+      input shardings.
+
+  Returns:
+    `train_step(state, batch) -> (state, scalars)`; `scalars` holds the
+    objective's scalars plus `learning_rate` and `grad_norm`.
+  """
+  loss_config, augment_config = dict(loss_config), dict(augment_config)
+  batch_sharding = sharding.batch_shardings(mesh, batch_example)
+  state_sharding = sharding.replicated(mesh)
+
+  def train_step(state: TrainState, batch):
+    rng, augment_rng, loss_rng = jax.random.split(state.rng, 3)
+    batch = augment.augment_batch(augment_rng, batch, **augment_config)
+    # Keep the model's input split over batch and height whatever the
+    # augmentation's gathers left behind.
+    batch = jax.lax.with_sharding_constraint(
+        batch, sharding.batch_shardings(mesh, batch))
+    grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
+    (_, (geco_state, scalars)), grads = grad_fn(
+        state.trainable, state.geco_state, loss_rng, batch, model=model,
+        loss_config=loss_config)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    scalars = dict(scalars, learning_rate=schedule(state.step),
+                   grad_norm=optax.tree.norm(grads))
+    new_state = TrainState(step=state.step + 1, trainable=trainable,
+                           opt_state=opt_state, geco_state=geco_state,
+                           rng=rng)
+    return new_state, scalars
+
+  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, state_sharding),
+                 donate_argnums=(0,))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for settings the loop cannot run with."""
+  for key in ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
+              'batch_size'):
+    if int(config[key]) <= 0:
+      raise ValueError(f'config.{key} must be positive, got {config[key]}.')
+  if len(config.image_size) != 2:
+    raise ValueError(f'config.image_size must be (H, W), got '
+                     f'{config.image_size}.')
+  if config.batch_size % jax.process_count():
+    raise ValueError(f'config.batch_size {config.batch_size} is not divisible '
+                     f'by the {jax.process_count()} processes.')
+  data_classes = pipeline.num_classes(config.data)
+  if data_classes != config.model.num_classes:
+    raise ValueError(f'config.model.num_classes is {config.model.num_classes} '
+                     f'but data set {config.data.name!r} has {data_classes} '
+                     'classes.')
+
+
+def _abstract_state(init_fn: Callable, rng: jax.Array,
+                    state_sharding: jax.sharding.Sharding) -> TrainState:
+  """Shapes, dtypes and shardings of the train state, without computing it."""
+  shapes = jax.eval_shape(init_fn, rng)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=state_sharding),
+      shapes)
+
+
+def _check_finite(step: int, scalars: Mapping[str, np.ndarray]) -> None:
+  bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])]
+  if bad:
+    raise NonFiniteLossError(
+        f'Non-finite {" and ".join(bad)} at step {step} '
+        f'({", ".join(f"{k}={scalars[k]}" for k in bad)}); stopping. The last '
+        f'checkpoint (before step {step}) is kept.')
+
+
+def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  local_example: Mapping[str, np.ndarray],
+                  augment_config: Mapping[str, Any]) -> Tuple[dict, dict]:
+  """Global loader batch shapes and a one-example zero batch for init.
+
+  Args:
+    config: the run's config.
+    mesh: the training mesh.
+    local_example: one batch of this process's loader (fixes the shapes).
+    augment_config: kwargs of `augment_batch` (it may crop).
+
+  Returns:
+    `(batch_example, init_batch)`: ShapeDtypeStructs `[B, H_in, ...]` of the
+    global loader batch, and numpy zeros `[1, H, W, ...]` of the augmented
+    shapes (identical on every process; parameter shapes depend on neither
+    batch size nor values).
+  """
+  batch_example = {
+      k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v)[1:],
+                              np.asarray(v).dtype)
+      for k, v in local_example.items()}
+  sharding.check_batch_divisible(mesh, config.batch_size,
+                                 batch_example['image'].shape[1:3])
+  augmented = jax.eval_shape(
+      lambda r, b: augment.augment_batch(r, b, **augment_config),
+      jax.random.PRNGKey(0), batch_example)
+  if tuple(augmented['image'].shape[1:3]) != tuple(config.image_size):
+    raise ValueError(
+        f'augmented images are {augmented["image"].shape[1:3]}, but '
+        f'config.image_size is {tuple(config.image_size)}.')
+  sharding.check_batch_divisible(mesh, config.batch_size, config.image_size)
+  init_batch = {k: np.zeros((1,) + v.shape[1:], v.dtype)
+                for k, v in augmented.items()}
+  return batch_example, init_batch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains (resuming from `<workdir>/checkpoints` if any), then evaluates.
+
+  Args:
+    config: a task config (see `experiments/<task>.py`).
+    workdir: run directory: checkpoints, metrics.jsonl, TensorBoard events,
+      config.json.
+
+  Returns:
+    The final train state.
+  """
+  validate_config(config)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  mesh = sharding.make_mesh(config.mesh_shape)
+  logging.info('Mesh %s over %d devices, %d process(es).', dict(mesh.shape),
+               mesh.size, process_count)
+  model = models.make_model(config.model_type, config.model.to_dict())
+  optimizer, schedule = make_optimizer(config.optimizer.to_dict())
+  loss_config = config.loss.to_dict()
+  augment_config = config.augment.to_dict()
+
+  train_iter = pipeline.make_train_iterator(
+      config.data, batch_size=config.batch_size // process_count,
+      seed=config.seed, shard_index=process_index, shard_count=process_count)
+  initial_loader_state = train_iter.get_state()
+  batch_example, init_batch = _batch_shapes(config, mesh, next(train_iter),
+                                            augment_config)
+  state_sharding = sharding.replicated(mesh)
+  init_fn = lambda rng: init_train_state(
+      rng, init_batch, model=model, optimizer=optimizer,
+      loss_config=loss_config)
+  rng = jax.random.PRNGKey(config.seed)
+
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      max_to_keep=config.checkpoints_to_keep)
+  start_step = checkpointer.latest_step()
+  if start_step is None:
+    start_step = 0
+    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    train_iter.set_state(initial_loader_state)
+  else:
+    logging.info('Resuming from checkpoint at step %d.', start_step)
+    state, loader_state = checkpointer.restore(
+        start_step, _abstract_state(init_fn, rng, state_sharding))
+    train_iter.set_state(loader_state)
+  config_json = config.to_json_best_effort(indent=2)
+  if process_index == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config_json)
+
+  train_step = make_train_step(
+      model=model, optimizer=optimizer, schedule=schedule,
+      loss_config=loss_config, augment_config=augment_config, mesh=mesh,
+      batch_example=batch_example)
+  writer = metric_writers.MetricWriter(
+      workdir, start_step=start_step, total_steps=config.num_train_steps,
+      enabled=process_index == 0)
+  try:
+    state, finished = _train_loop(
+        config, state, start_step, train_step, mesh, train_iter, writer,
+        lambda step, state, loader_state: checkpointer.save(
+            step, state, loader_state, config_json))
+  finally:
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+  if finished:
+    final_evaluation(config, state.trainable['model'], model, workdir)
+  return state
+
+
+def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
+                start_step: int, train_step: Callable,
+                mesh: jax.sharding.Mesh, train_iter,
+                writer: metric_writers.MetricWriter,
+                save: Callable[[int, TrainState, Any], None]
+                ) -> Tuple[TrainState, bool]:
+  """Steps from `start_step` to `config.num_train_steps`.
+
+  Returns:
+    `(state, finished)`; `finished` is False when SIGTERM stopped the run
+    early (after saving a checkpoint).
+
+  Raises:
+    NonFiniteLossError: at the first step with a NaN/inf loss or gradient,
+      before that step's state is saved.
+  """
+  total_steps = config.num_train_steps
+  with checkpointing.StopRequest() as stop_request:
+    if start_step < total_steps:
+      local_batch = next(train_iter)
+    for step in range(start_step + 1, total_steps + 1):
+      loader_state = train_iter.get_state()  # Position after this batch.
+      state, scalars = train_step(state,
+                                  sharding.global_batch(mesh, local_batch))
+      if step < total_steps:
+        local_batch = next(train_iter)  # Overlaps with the device step.
+      scalars = jax.device_get(scalars)
+      _check_finite(step, scalars)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        writer.write(step, scalars)
+      stop_now = stop_request.requested() and step < total_steps
+      if (step % config.checkpoint_every_steps == 0 or step == total_steps or
+          stop_now):
+        save(step, state, loader_state)
+      if stop_now:
+        logging.warning('Stopped at step %d on request; restart with the '
+                        'same command to continue.', step)
+        return state, False
+  return state, True
+
+
+def final_evaluation(config: ml_collections.ConfigDict, params: Any,
+                     model: models.Model,
+                     workdir: str) -> Optional[Dict[str, Any]]:
+  """Runs the evaluator on `config.eval.split` and logs its summary.
+
+  Only process 0 evaluates, on its local device with a host copy of the
+  parameters; the evaluator also writes `<workdir>/eval/<split>/metrics.json`
+  and figures.
+
+  Args:
+    config: the run's config; `config.eval` gives `split` and `num_samples`
+      (`num_samples` 0 skips evaluation, as the tiny configs do).
+    params: the trained model parameters (replicated).
+    model: the model's pure functions.
+    workdir: the run directory.
+
+  Returns:
+    The evaluator's summary dict, or None when skipped.
+  """
+  if not config.eval.num_samples:
+    logging.info('config.eval.num_samples is 0: skipping the final '
+                 'evaluation.')
+    return None
+  params = jax.device_get(params)  # Every process holds a full replica.
+  if jax.process_index() != 0:
+    return None
+  from eval import evaluator  # pylint: disable=g-import-not-at-top
+  summary = evaluator.evaluate(config, params, model, config.eval.split,
+                               config.eval.num_samples, workdir=workdir)
+  logging.info('Evaluation on %s with %d samples: %s', config.eval.split,
+               config.eval.num_samples, summary)
+  return summary
