@@ -168,7 +168,8 @@ class Evaluator:
           scores = task_scores.score_cityscapes(
               example, labels[:, i], foreground[i], reconstruct, np_rng,
               num_car_ids=self.config.data.num_car_ids,
-              cluster_alpha=eval_config.cluster_alpha, ap=ap)
+              cluster_alpha=eval_config.cluster_alpha,
+              cluster_no_neighbour=eval_config.cluster_no_neighbour, ap=ap)
         values, oracle_values, arrays = scores
         for name, value in values.items():
           per_image.setdefault(name, []).append(value)

@@ -113,7 +113,8 @@ def car_classes(num_car_ids: int) -> Tuple[int, ...]:
 def score_cityscapes(example: dict, sample_labels: np.ndarray,
                      car_probability: np.ndarray, reconstruct: Callable,
                      rng: np.random.Generator, *, num_car_ids: int,
-                     cluster_alpha: int, ap) -> Scores:
+                     cluster_alpha: int, cluster_no_neighbour: str,
+                     ap) -> Scores:
   """Cityscapes cars: IoU_rec over the car classes, Rand error of the car
   clustering (Appx. G with background for no neighbour), and the official
   AP through `ap` (a `cityscapes_eval.CityscapesAP`).
@@ -129,6 +130,7 @@ def score_cityscapes(example: dict, sample_labels: np.ndarray,
     rng: numpy generator.
     num_car_ids: number of car classes.
     cluster_alpha: Hamming threshold (32 for 32 samples).
+    cluster_no_neighbour: Appx. H rule ('background' on Cityscapes).
     ap: collects predictions for the official AP evaluation.
   """
   from eval import cityscapes_eval  # pylint: disable=g-import-not-at-top
@@ -146,7 +148,7 @@ def score_cityscapes(example: dict, sample_labels: np.ndarray,
   car_samples = car_index[sample_labels]
   clusters = clustering.cluster_instances(
       car_samples, num_classes=num_car_ids + 1, alpha=cluster_alpha,
-      no_neighbour='background', rng=rng)
+      no_neighbour=cluster_no_neighbour, rng=rng)
   num_classes = preprocess.CITYSCAPES_NUM_TRAIN_IDS + num_car_ids - 1
   predictions = cityscapes_eval.car_predictions_from_votes(
       clusters, sample_labels, car_probability, cars, num_classes)

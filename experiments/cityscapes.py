@@ -51,6 +51,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # neighbour become background (Appx. G, H).
   config.eval = config_common.eval_config(
       num_samples=32, cluster_alpha=32, cluster_no_neighbour='background')
+  # The official evaluator's smallest instance (100 px at 1024x2048), scaled
+  # to the 512x1024 images we evaluate at.
+  config.eval.ap_min_region_size = 25
 
   config.model_type = 'hpunet'
   # 9 scales, 32 channels doubled up to 256, two res-blocks per scale, four

@@ -286,8 +286,22 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   config.data.manual_dir = str(manual_dir) if manual_dir.exists() else None
   config.num_train_steps = 2
   _shrink(config)
+  # A tiny final evaluation: every task's metrics run end to end.
+  config.eval.update(num_samples=4, num_examples=2, num_resamples=10,
+                     num_figure_examples=1)
   state = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   assert int(state.step) == 2
   records = metric_writers.read_metrics(str(tmp_path / 'run'))
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in records)
+  summary = json.loads(
+      (tmp_path / 'run' / 'eval' / 'test' / 'metrics.json').read_text())
+  expected = {'lesions_spunet': {'iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
+                                 'oracle'},
+              'lidc': {'iou_rec', 'ged_4', 'hm_iou'},
+              'synthetic_cells': {'iou_rec', 'rand_error'},
+              'snemi3d': {'iou_rec', 'rand_error'},
+              'cityscapes': {'iou_rec', 'rand_error', 'ap', 'ap50'}}[task]
+  assert expected <= set(summary), summary
+  # The Cityscapes fixture has one test image.
+  assert summary['num_images'] == (1 if task == 'cityscapes' else 2)
