@@ -7,6 +7,8 @@ Restores the newest checkpoint in `<workdir>/checkpoints` (the config saved
 with it unless `--config` is given), samples with encoder-once sampling and
 writes `<workdir>/eval/<split>/metrics.json` plus PNG figures next to it.
 """
+import sys
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -29,7 +31,10 @@ _NUM_EXAMPLES = flags.DEFINE_integer(
 
 def main(argv):
   del argv
-  run = restore.restore_latest(_WORKDIR.value, _CONFIG.value)
+  try:
+    run = restore.restore_latest(_WORKDIR.value, _CONFIG.value)
+  except FileNotFoundError as e:
+    sys.exit(f'run_metrics: {e}')
   config = run.config
   if _NUM_EXAMPLES.value is not None:
     config.eval.num_examples = _NUM_EXAMPLES.value
