@@ -16,6 +16,13 @@ Tasks (from `config.data.name`):
 - instances (`synthetic_cells`, `snemi3d`): `iou_rec`, `rand_error` of the
   Hamming clustering of 16 samples.
 - `cityscapes_cars`: `iou_rec` (car classes), `rand_error`, `ap`, `ap50`.
+
+With `config.masking` set (the extrapolation task, paper Sec. 3.3; instance
+tasks only) every image is masked as in training, with a fixed key per image
+index, its visible labels fed to the prior, and scored by
+`task_scores.score_extrapolation`: `iou_rec` and sample `diversity` inside
+(`_masked`) and outside (`_visible`) the hidden region, and
+`rand_error_visible`.
 """
 import functools
 import json
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
 from eval import task_scores
@@ -36,6 +44,17 @@ INSTANCE_TASKS = ('synthetic_cells', 'snemi3d')
 CITYSCAPES = 'cityscapes_cars'
 # Samples decoded at once (bounds the memory of [chunk, B, H, W, K] logits).
 SAMPLE_CHUNK = 16
+# Seed of the per-image extrapolation masks: the same masks for every model
+# and training seed, so runs compare.
+EXTRAPOLATION_MASK_SEED = 0
+
+
+def check_masking_supported(task: str) -> None:
+  """Raises ValueError unless the extrapolation scores exist for `task`."""
+  if task not in INSTANCE_TASKS:
+    raise ValueError(f'config.masking: the extrapolation evaluation is '
+                     f'defined for {INSTANCE_TASKS}, not {task!r}; set '
+                     'config.eval.num_samples = 0 to train without it.')
 
 
 class EvalResult(NamedTuple):
@@ -127,10 +146,32 @@ class Evaluator:
     self._sample = jax.jit(functools.partial(
         sample_labels, model, foreground_classes=foreground),
                            static_argnums=3)
+    self._mask = None
+    if config.get('masking', None):
+      check_masking_supported(self.task)
+      self._mask = jax.jit(jax.vmap(functools.partial(
+          masking.mask_example, **dict(config.masking))))
     reconstruct = jax.jit(model.reconstruct)
     self._reconstruct_labels = lambda params: lambda image, seg: np.asarray(
         jnp.argmax(reconstruct(params, jnp.asarray(image), jnp.asarray(seg)),
                    axis=-1))
+
+  def _masked(self, batch: List[dict], first_index: int,
+              np_rng: np.random.Generator) -> List[dict]:
+    """Adds `target`, `visible` and `model_input` (`[H, W, C + K + 1]`)
+    to each example; image `first_index + i` always gets the same mask."""
+    targets = np.stack([task_scores.extrapolation_target(
+        e, np_rng, num_instance_ids=self.config.data.num_instance_ids)
+                        for e in batch])
+    base_key = jax.random.PRNGKey(EXTRAPOLATION_MASK_SEED)
+    keys = jnp.stack([jax.random.fold_in(base_key, first_index + i)
+                      for i in range(len(batch))])
+    masked = jax.device_get(self._mask(keys, {
+        'image': np.stack([e['image'] for e in batch]),
+        'segmentation': targets,
+        'mask': np.stack([e['mask'] for e in batch])}))
+    return [dict(e, target=targets[i], visible=masked['visible'][i],
+                 model_input=masked['image'][i]) for i, e in enumerate(batch)]
 
   def run(self, params, split: str, num_samples: int = None,
           rng_seed: int = 0) -> EvalResult:
@@ -149,13 +190,24 @@ class Evaluator:
     per_image, oracle, figures = {}, {}, []
     key = jax.random.PRNGKey(rng_seed)
     np_rng = np.random.default_rng(rng_seed)
+    num_seen = 0
     for batch in _batches(examples, eval_config.batch_size):
       key, sample_key = jax.random.split(key)
-      images = jnp.asarray(np.stack([e['image'] for e in batch]))
+      if self._mask is not None:
+        batch = self._masked(batch, num_seen, np_rng)
+      num_seen += len(batch)
+      images = jnp.asarray(np.stack([e.get('model_input', e['image'])
+                                     for e in batch]))
       labels, foreground = jax.device_get(
           self._sample(params, sample_key, images, num_samples))
       for i, example in enumerate(batch):
-        if self.task in LESION_TASKS:
+        if self._mask is not None:
+          scores = task_scores.score_extrapolation(
+              example, labels[:, i], reconstruct, np_rng,
+              num_instance_ids=self.config.data.num_instance_ids,
+              cluster_alpha=eval_config.cluster_alpha,
+              cluster_no_neighbour=eval_config.cluster_no_neighbour)
+        elif self.task in LESION_TASKS:
           scores = task_scores.score_lesions(example, labels[:, i],
                                              reconstruct, np_rng)
         elif self.task in INSTANCE_TASKS:
@@ -198,7 +250,9 @@ def format_table(summary: Dict[str, Any]) -> str:
   rows = [('model', summary)]
   if 'oracle' in summary:
     rows.append(('oracle', summary['oracle']))
-  header = f"{'':8s}" + ''.join(f'{n:>18s}' for n in names)
+  # At least one space between columns, however long the metric names.
+  width = max([18] + [len(n) + 1 for n in names])
+  header = f"{'':8s}" + ''.join(f'{n:>{width}s}' for n in names)
   lines = [header]
   for label, values in rows:
     cells = []
@@ -207,7 +261,7 @@ def format_table(summary: Dict[str, Any]) -> str:
         cells.append(f"{values[n]:9.4f} ±{values.get(n + '_std', 0):7.4f}")
       else:
         cells.append('-')
-    lines.append(f'{label:8s}' + ''.join(f'{c:>18s}' for c in cells))
+    lines.append(f'{label:8s}' + ''.join(f'{c:>{width}s}' for c in cells))
   return '\n'.join(lines)
 
 
@@ -229,6 +283,9 @@ def evaluate(config, params, model, split: str, num_samples: int,
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
       json.dump(result.metrics, f, indent=2, sort_keys=True)
+    # Per-image values, so runs of several seeds can be pooled with
+    # `eval.bootstrap.pooled_bootstrap` (paper Table 1).
+    np.savez(os.path.join(out_dir, 'per_image.npz'), **result.per_image)
     from eval import figures  # pylint: disable=g-import-not-at-top
     paths = figures.write_figures(out_dir, config, params, model, result,
                                   workdir)

@@ -10,6 +10,9 @@ evaluator kept for its first few images (`EvalResult.examples`):
   (the other levels at their prior mean).
 - `clustering.png` (instance tasks, Fig. 4): target, reconstruction, Hamming
   clustering of the samples and a few samples, categorical colours.
+- `extrapolation.png` (masked images, Fig. 5): image, masked input, target,
+  reconstruction, samples and their label disagreement, the border of the
+  hidden region drawn dashed on each.
 - `training_curves.png` (Fig. 7 / 8): reconstruction loss per pixel (and
   kappa), the GECO Lagrange multiplier and the KL terms over training, read
   from `<workdir>/metrics.jsonl`.
@@ -235,6 +238,42 @@ def clustering_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
   return _save(fig, path)
 
 
+def _draw_hidden_border(ax, visible):
+  """Dashed outline of the hidden region (a line or boxes) on `ax`."""
+  visible = np.asarray(visible, np.float64)
+  if 0 < visible.min() or visible.max() < 1:
+    return  # Nothing hidden or nothing visible: no border to draw.
+  ax.contour(visible, levels=[0.5], colors='white', linestyles='--',
+             linewidths=0.8)
+
+
+def extrapolation_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
+                         num_shown_samples: int = 6) -> str:
+  """Fig. 5: per masked example the image, the masked input, the target,
+  the reconstruction, `num_shown_samples` samples and their per-pixel label
+  disagreement, each with the border of the hidden region dashed."""
+  num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
+  fig, axes = _new_figure(len(examples), 5 + num_shown)
+  for index, (row, example) in enumerate(zip(axes, examples)):
+    title = (lambda text: text) if index == 0 else (lambda text: '')
+    image, cmap = _display_image(example['image'])
+    _show(row[0], image, title('image'), cmap)
+    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    masked, masked_cmap = _display_image(example['masked_image'])
+    _show(row[1], masked, title('masked input'), masked_cmap)
+    _show(row[2], colourise_labels(example['target']), title('target'))
+    _show(row[3], colourise_labels(example['recon']), title('recon.'))
+    samples = np.asarray(example['samples'])
+    for s in range(min(num_shown, len(samples))):
+      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s + 1}'))
+    _show_std(row[-1], example['diversity'], title('disagreement'), vmax=1.0)
+    for ax in row[1:]:
+      _draw_hidden_border(ax, example['visible'])
+  fig.suptitle('Extrapolation: the prior sees the image and labels outside '
+               'the dashed border only', fontsize=9)
+  return _save(fig, path)
+
+
 def _series(records: Sequence[Dict[str, Any]], key: str):
   """Steps and values of `key` over the records that have it."""
   pairs = [(r['step'], r[key]) for r in records
@@ -317,7 +356,15 @@ def write_figures(out_dir: str, config, params, model, result,
   if instances:
     paths.append(clustering_figure(os.path.join(out_dir, 'clustering.png'),
                                    instances))
-  images = [e['image'] for e in examples if 'image' in e][:3]
+  extrapolations = [e for e in examples if all(
+      k in e for k in ('image', 'masked_image', 'visible', 'target', 'recon',
+                       'samples', 'diversity'))]
+  if extrapolations:
+    paths.append(extrapolation_figure(
+        os.path.join(out_dir, 'extrapolation.png'), extrapolations))
+  # The model's input: with masking, the masked image and visible labels.
+  images = [e.get('model_input', e['image']) for e in examples
+            if 'image' in e][:3]
   if images and model is not None and model.num_latent_levels > 1:
     paths.append(levels_figure(os.path.join(out_dir, 'levels.png'), config,
                                params, model, np.stack(images)))

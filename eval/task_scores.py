@@ -104,6 +104,99 @@ def score_instances(example: dict, sample_labels: np.ndarray,
   return values, {}, arrays
 
 
+def extrapolation_target(example: dict, rng: np.random.Generator, *,
+                         num_instance_ids: int) -> np.ndarray:
+  """The segmentation of the extrapolation task: int32 `[H, W]`, a fresh
+  random mapping of the instance ids to `1..num_instance_ids` (as in
+  training). Its visible part is fed to the prior; all of it is the target."""
+  return preprocess.relabel_instances(np.asarray(example['instances']),
+                                      num_instance_ids, rng)
+
+
+def label_disagreement(samples: np.ndarray) -> np.ndarray:
+  """Sample diversity per pixel, int `[N, H, W]` -> float `[H, W]`.
+
+  The fraction of ordered pairs of distinct samples that give the pixel
+  different labels: 0 where all samples agree, `1 - 1/K` at most in
+  expectation for K equally likely labels. Needs N >= 2.
+  """
+  samples = np.asarray(samples)
+  if samples.ndim != 3 or len(samples) < 2:
+    raise ValueError('label_disagreement needs >= 2 samples [N, H, W], got '
+                     f'shape {samples.shape}')
+  num = len(samples)
+  _, inverse = np.unique(samples, return_inverse=True)
+  inverse = inverse.reshape(samples.shape)
+  counts = np.stack([np.count_nonzero(inverse == label, axis=0)
+                     for label in range(int(inverse.max()) + 1)])
+  agreeing_pairs = np.sum(counts * (counts - 1), axis=0)
+  return 1.0 - agreeing_pairs / (num * (num - 1))
+
+
+def _region_mean(values: np.ndarray, region: np.ndarray) -> float:
+  return float(np.mean(values[region])) if np.any(region) else float('nan')
+
+
+def score_extrapolation(example: dict, sample_labels: np.ndarray,
+                        reconstruct: Callable, rng: np.random.Generator, *,
+                        num_instance_ids: int, cluster_alpha: int,
+                        cluster_no_neighbour: str) -> Scores:
+  """Extrapolation on masked images (paper Sec. 3.3), instance tasks.
+
+  Scores inside (`_masked`) and outside (`_visible`) the hidden region:
+  `iou_rec` (posterior-mean reconstruction of the whole target, IoU
+  nan-averaged over the stochastic classes within the region),
+  `diversity` (mean `label_disagreement` of the samples) and, outside only,
+  `rand_error_visible`: the adapted Rand error of the Hamming clustering of
+  16 samples against the visible instances. Also `iou_rec` over the whole
+  image and `masked_fraction`.
+
+  Args:
+    example: eval example with `image`, `instances`, `mask`, and from the
+      evaluator's masking `target` int `[H, W]` (`extrapolation_target`),
+      `visible` `[H, W]` (1 = visible) and `model_input` `[H, W, C + K + 1]`.
+    sample_labels: int `[N, H, W]`, samples from `model_input`.
+    reconstruct: see the module docstring.
+    rng: numpy generator (clustering).
+    num_instance_ids: labels of the instances; K = num_instance_ids + 1.
+    cluster_alpha: Hamming threshold.
+    cluster_no_neighbour: Appx. H rule.
+  """
+  target = np.asarray(example['target'])
+  valid = np.asarray(example['mask']) > 0
+  visible = (np.asarray(example['visible']) > 0) & valid
+  hidden = ~visible & valid
+  instances = np.asarray(example['instances'])
+  model_input = np.asarray(example['model_input'])
+  recon = reconstruct(model_input[None], target[None])[0]
+  classes = range(1, num_instance_ids + 1)
+  disagreement = label_disagreement(sample_labels)
+  few = sample_labels[:FEW_SAMPLES]
+  clusters = clustering.cluster_instances(
+      few, num_classes=num_instance_ids + 1, alpha=cluster_alpha,
+      no_neighbour=cluster_no_neighbour, rng=rng)
+  values = {
+      'iou_rec': metrics.multiclass_iou(recon, target, classes, valid),
+      'iou_rec_visible': metrics.multiclass_iou(recon, target, classes,
+                                                visible),
+      'iou_rec_masked': metrics.multiclass_iou(recon, target, classes, hidden),
+      'diversity_visible': _region_mean(disagreement, visible),
+      'diversity_masked': _region_mean(disagreement, hidden),
+      # Instances outside the visible part are ignored (gt id 0).
+      'rand_error_visible': metrics.rand_error(
+          clusters, np.where(visible, instances, 0)),
+      'masked_fraction': float(np.count_nonzero(hidden) /
+                               max(np.count_nonzero(valid), 1)),
+  }
+  num_image_channels = model_input.shape[-1] - (num_instance_ids + 2)
+  arrays = dict(image=example['image'],
+                masked_image=model_input[..., :num_image_channels],
+                model_input=model_input, visible=visible, target=target,
+                recon=recon, clusters=clusters, samples=few,
+                instances=instances, diversity=disagreement)
+  return values, {}, arrays
+
+
 def car_classes(num_car_ids: int) -> Tuple[int, ...]:
   """Cityscapes car classes: train id 13, then 19, 20, ... (see preprocess)."""
   return (preprocess.CITYSCAPES_CAR_TRAIN_ID,) + tuple(

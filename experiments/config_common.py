@@ -95,7 +95,9 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
 def hpunet_model(channels_per_level: Sequence[int],
                  latent_dims: Sequence[int], num_classes: int,
                  blocks_per_level: int, convs_per_block: int,
-                 num_input_channels: int) -> ml_collections.ConfigDict:
+                 num_input_channels: int,
+                 num_prior_only_channels: int = 0
+                 ) -> ml_collections.ConfigDict:
   """Kwargs of `hpunet_jax.hpunet.HierarchicalProbUNet`."""
   return ml_collections.ConfigDict(dict(
       # Feature maps per resolution level, finest first; the number of
@@ -109,6 +111,9 @@ def hpunet_model(channels_per_level: Sequence[int],
       blocks_per_level=blocks_per_level,  # Res-blocks per level.
       convs_per_block=convs_per_block,  # 3x3 convs in each res-block.
       num_input_channels=num_input_channels,  # Image channels (checked).
+      # The last this-many input channels go to the prior only (the visible
+      # labels of the extrapolation task); counted in num_input_channels.
+      num_prior_only_channels=num_prior_only_channels,
   ))
 
 
@@ -211,6 +216,28 @@ def augment_config(crop_size, *, rotation_degrees: float = 0.0,
       flip=flip,  # Mirror left-right with probability 1/2.
       flip_vertical=flip_vertical,  # Mirror top-bottom with probability 1/2.
       colour_jitter=colour_jitter,  # Brightness/contrast/saturation strength.
+  ))
+
+
+def masking_config(num_classes, *, mode: str = 'line',
+                   min_fraction: float = 0.25, max_fraction: float = 0.75,
+                   num_boxes: int = 1) -> ml_collections.ConfigDict:
+  """`config.masking`: kwargs of `datasets.masking.extrapolation_mask`.
+
+  Setting it turns on the extrapolation task (paper Sec. 3.3): the trainer
+  hides part of each augmented image and feeds the visible ground truth to
+  the prior; the model then needs `num_input_channels = C + K + 1` and
+  `num_prior_only_channels = K + 1`.
+  """
+  return ml_collections.ConfigDict(dict(
+      # 'line' (hide all above a random row), 'boxes' or 'both'.
+      mode=mode,
+      # Hidden fraction of the rows (line) / of a box's sides, uniform in
+      # [min_fraction, max_fraction]. The paper gives no range.
+      min_fraction=min_fraction,
+      max_fraction=max_fraction,
+      num_boxes=num_boxes,  # Boxes per image ('boxes', 'both').
+      num_classes=num_classes,  # K of the one-hot labels (= model classes).
   ))
 
 

@@ -10,13 +10,15 @@ example is drawn its neurite ids are mapped at random to 15 labels.
 Config argument (after `:`): one variant, optionally `,tiny`:
   hpunet  HPU-Net, 9 scales, 4 scalar latent scales = 85 latents (default).
   spunet  standard Probabilistic U-Net, 9 scales, 85 global latents, ELBO.
+  extrapolate  the HPU-Net completing the segmentation above a random
+          line (Sec. 3.3, Fig. 5); the prior also sees the visible labels.
   tiny    (modifier) 32x32 crops, 8-channel 4-level model, batch 2, 4 steps.
 """
 import ml_collections
 
 from experiments import config_common
 
-VARIANTS = ('hpunet', 'spunet')
+VARIANTS = ('hpunet', 'spunet', 'extrapolate')
 NUM_STEPS = 450_000  # Paper: 450k iterations, both models.
 NUM_INSTANCE_IDS = 15  # Paper: instance ids limited to 15.
 
@@ -61,6 +63,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         latent_dims=(1, 1, 1, 1), num_classes=num_classes,
         blocks_per_level=3, convs_per_block=3, num_input_channels=1)
     config.loss = config_common.geco_loss(kappa=1.20)
+  if variant == 'extrapolate':
+    # Sec. 3.3: hide the image above a random line (25-75% of the rows, our
+    # choice) and give the prior the ground truth of the visible part, so it
+    # keeps the instance ids it sees; the loss covers the whole image.
+    config.masking = config_common.masking_config(
+        num_classes, mode='line', min_fraction=0.25, max_fraction=0.75)
+    # Image + K one-hot visible labels + visibility map; the last K + 1 go
+    # to the prior only.
+    config.model.num_input_channels = 1 + num_classes + 1
+    config.model.num_prior_only_channels = num_classes + 1
   # 1e-4 lowered to 1e-7 in 5 steps (both models).
   config.optimizer = config_common.adam(*config_common.geometric_schedule(
       1e-4, 1e-7, num_drops=5, num_steps=NUM_STEPS))

@@ -13,6 +13,8 @@ channels, three scalar latent scales.
 Config argument (after `:`): one variant, optionally `,tiny`:
   hpunet  HPU-Net with GECO and top-k (default).
   spunet  standard Probabilistic U-Net, 21 global latents, ELBO.
+  extrapolate  the HPU-Net completing the segmentation above a random
+          line (Sec. 3.3, Fig. 5); the prior also sees the visible labels.
   tiny    (modifier) the 'tiny' 32x32 data set, 8-channel 4-level model,
           batch 2, 4 steps, for CPU tests.
 """
@@ -20,7 +22,7 @@ import ml_collections
 
 from experiments import config_common
 
-VARIANTS = ('hpunet', 'spunet')
+VARIANTS = ('hpunet', 'spunet', 'extrapolate')
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -55,6 +57,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         latent_dims=(1, 1, 1), num_classes=num_classes, blocks_per_level=1,
         convs_per_block=3, num_input_channels=1)
     config.loss = config_common.geco_loss(kappa=1.20)  # SNEMI3D's kappa.
+  if variant == 'extrapolate':
+    # Sec. 3.3: hide the image above a random line (25-75% of the rows, our
+    # choice) and give the prior the ground truth of the visible part, so it
+    # keeps the instance ids it sees; the loss covers the whole image.
+    config.masking = config_common.masking_config(
+        num_classes, mode='line', min_fraction=0.25, max_fraction=0.75)
+    # Image + K one-hot visible labels + visibility map; the last K + 1 go
+    # to the prior only.
+    config.model.num_input_channels = 1 + num_classes + 1
+    config.model.num_prior_only_channels = num_classes + 1
   # A short run: a larger rate than the paper's, one drop at 70%.
   config.optimizer = config_common.adam(boundaries=(700,),
                                         learning_rates=(5e-4, 1e-4))

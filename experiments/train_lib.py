@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from datasets import augment
+from datasets import masking
 from datasets import pipeline
 from experiments import checkpointing
 from experiments import metric_writers
@@ -117,7 +118,9 @@ def make_train_step(*, model: models.Model,
                     loss_config: Mapping[str, Any],
                     augment_config: Mapping[str, Any],
                     mesh: jax.sharding.Mesh,
-                    batch_example: Mapping[str, Any]) -> Callable:
+                    batch_example: Mapping[str, Any],
+                    masking_config: Optional[Mapping[str, Any]] = None
+                    ) -> Callable:
   """The jitted, state-donating train step for `mesh`.
 
   Args:
@@ -129,18 +132,25 @@ def make_train_step(*, model: models.Model,
     mesh: the `('data', 'spatial')` mesh.
     batch_example: a global batch (arrays or ShapeDtypeStructs) fixing the
       input shardings.
+    masking_config: kwargs of `datasets.masking.extrapolation_mask`, applied
+      after the augmentation (extrapolation task); None = off.
 
   Returns:
     `train_step(state, batch) -> (state, scalars)`; `scalars` holds the
     objective's scalars plus `learning_rate` and `grad_norm`.
   """
   loss_config, augment_config = dict(loss_config), dict(augment_config)
+  masking_config = dict(masking_config) if masking_config else None
   batch_sharding = sharding.batch_shardings(mesh, batch_example)
   state_sharding = sharding.replicated(mesh)
 
   def train_step(state: TrainState, batch):
     rng, augment_rng, loss_rng = jax.random.split(state.rng, 3)
     batch = augment.augment_batch(augment_rng, batch, **augment_config)
+    if masking_config:
+      # A key derived from the augmentation's keeps unmasked runs unchanged.
+      batch = masking.extrapolation_mask(jax.random.fold_in(augment_rng, 1),
+                                         batch, **masking_config)
     # Keep the model's input split over batch and height whatever the
     # augmentation's gathers left behind.
     batch = jax.lax.with_sharding_constraint(
@@ -181,6 +191,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.num_classes is {config.model.num_classes} '
                      f'but data set {config.data.name!r} has {data_classes} '
                      'classes.')
+  if config.get('masking', None):
+    masking.check_model_kwargs(config.masking, config.model)
+    if config.eval.num_samples:  # Fail before training, not after.
+      from eval import evaluator  # pylint: disable=g-import-not-at-top
+      evaluator.check_masking_supported(config.data.name)
 
 
 def _abstract_state(init_fn: Callable, rng: jax.Array,
@@ -203,7 +218,9 @@ def _check_finite(step: int, scalars: Mapping[str, np.ndarray]) -> None:
 
 def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                   local_example: Mapping[str, np.ndarray],
-                  augment_config: Mapping[str, Any]) -> Tuple[dict, dict]:
+                  augment_config: Mapping[str, Any],
+                  masking_config: Optional[Mapping[str, Any]] = None
+                  ) -> Tuple[dict, dict]:
   """Global loader batch shapes and a one-example zero batch for init.
 
   Args:
@@ -211,6 +228,8 @@ def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     mesh: the training mesh.
     local_example: one batch of this process's loader (fixes the shapes).
     augment_config: kwargs of `augment_batch` (it may crop).
+    masking_config: kwargs of `masking.extrapolation_mask` (it appends
+      channels), or None.
 
   Returns:
     `(batch_example, init_batch)`: ShapeDtypeStructs `[B, H_in, ...]` of the
@@ -224,9 +243,14 @@ def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       for k, v in local_example.items()}
   sharding.check_batch_divisible(mesh, config.batch_size,
                                  batch_example['image'].shape[1:3])
-  augmented = jax.eval_shape(
-      lambda r, b: augment.augment_batch(r, b, **augment_config),
-      jax.random.PRNGKey(0), batch_example)
+  def augment_and_mask(rng, batch):
+    batch = augment.augment_batch(rng, batch, **augment_config)
+    if masking_config:
+      batch = masking.extrapolation_mask(rng, batch, **masking_config)
+    return batch
+
+  augmented = jax.eval_shape(augment_and_mask, jax.random.PRNGKey(0),
+                             batch_example)
   if tuple(augmented['image'].shape[1:3]) != tuple(config.image_size):
     raise ValueError(
         f'augmented images are {augmented["image"].shape[1:3]}, but '
@@ -258,13 +282,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   optimizer, schedule = make_optimizer(config.optimizer.to_dict())
   loss_config = config.loss.to_dict()
   augment_config = config.augment.to_dict()
+  masking_config = (config.masking.to_dict() if config.get('masking', None)
+                    else None)
 
   train_iter = pipeline.make_train_iterator(
       config.data, batch_size=config.batch_size // process_count,
       seed=config.seed, shard_index=process_index, shard_count=process_count)
   initial_loader_state = train_iter.get_state()
   batch_example, init_batch = _batch_shapes(config, mesh, next(train_iter),
-                                            augment_config)
+                                            augment_config, masking_config)
   state_sharding = sharding.replicated(mesh)
   init_fn = lambda rng: init_train_state(
       rng, init_batch, model=model, optimizer=optimizer,
@@ -293,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step = make_train_step(
       model=model, optimizer=optimizer, schedule=schedule,
       loss_config=loss_config, augment_config=augment_config, mesh=mesh,
-      batch_example=batch_example)
+      batch_example=batch_example, masking_config=masking_config)
   writer = metric_writers.MetricWriter(
       workdir, start_step=start_step, total_steps=config.num_train_steps,
       enabled=process_index == 0)

@@ -6,6 +6,11 @@ decoder to logits. A second hierarchical core, the posterior, sees
 `concat(one_hot(seg), image)`; during training its latents are fed into the
 prior's decoder (teacher forcing) to reconstruct `seg`.
 
+With `num_prior_only_channels > 0` the last that-many input channels go to the
+prior only (the extrapolation task of Sec. 3.3 feeds the ground truth of the
+unmasked region there; `datasets.masking`); the posterior keeps
+`concat(one_hot(seg), image without them)`.
+
 Shape glossary: `B` batch, `H, W` image size, `C_in` image channels, `K`
 classes, `L` latent levels.
 """
@@ -49,17 +54,32 @@ class HierarchicalProbUNet(hk.Module):
   Ablations are options: `latent_dims=(85,)` is the global-latents-only model
   (one 85-dim latent in the 1x1 bottom); `latent_dims=(0, 0, 0, 1)` keeps the
   topology but only the most local (8x8 at 128x128) latent grid.
+
+  `num_input_channels` counts every input channel, including the last
+  `num_prior_only_channels`, which the prior sees and the posterior does not.
   """
 
   def __init__(self, channels_per_level: Sequence[int],
                latent_dims: Sequence[int], num_classes: int,
                blocks_per_level: int, convs_per_block: int,
                num_input_channels: Optional[int] = None,
+               num_prior_only_channels: int = 0,
                name: Optional[str] = 'hpunet'):
     super().__init__(name=name)
+    if num_prior_only_channels < 0:
+      raise ValueError('num_prior_only_channels must be >= 0, got '
+                       f'{num_prior_only_channels}.')
+    if num_prior_only_channels and (
+        num_input_channels is None
+        or num_input_channels <= num_prior_only_channels):
+      raise ValueError(
+          f'num_prior_only_channels={num_prior_only_channels} needs '
+          'num_input_channels to count all input channels (image channels + '
+          f'prior-only channels), got num_input_channels={num_input_channels}.')
     self.channels_per_level = tuple(channels_per_level)
     self.num_classes = num_classes
     self.num_input_channels = num_input_channels
+    self.num_prior_only_channels = num_prior_only_channels
     core_kwargs = dict(channels_per_level=channels_per_level,
                        latent_dims=latent_dims,
                        blocks_per_level=blocks_per_level,
@@ -87,7 +107,10 @@ class HierarchicalProbUNet(hk.Module):
     blocks.check_halves_down(image.shape, len(self.channels_per_level))
 
   def _posterior_input(self, image, segmentation):
-    """`concat(one_hot(seg), image)`: `[B, H, W, K + C_in]`."""
+    """`concat(one_hot(seg), image)`: `[B, H, W, K + C_in - P]`, without the
+    `P = num_prior_only_channels` last channels of `image`."""
+    if self.num_prior_only_channels:
+      image = image[..., :-self.num_prior_only_channels]
     one_hot = jax.nn.one_hot(segmentation, self.num_classes, dtype=image.dtype)
     return jnp.concatenate([one_hot, image], axis=-1)
 
