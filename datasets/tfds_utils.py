@@ -126,7 +126,8 @@ def main(argv=None):
                       help='raw files of a real data set')
   args = parser.parse_args(argv)
   builder = load_builder(args.name, args.data_dir, args.config, args.manual_dir)
-  print(f'{args.name}/{builder.builder_config.name}: {builder.data_dir}')
+  config_name = getattr(builder.builder_config, 'name', None) or 'default'
+  print(f'{args.name}/{config_name}: {builder.data_dir}')
   for split, info in builder.info.splits.items():
     print(f'  {split}: {info.num_examples} examples')
 

@@ -11,8 +11,7 @@ from datasets.cityscapes_cars import cityscapes_cars_dataset_builder as cs
 from tests import fixtures
 
 # Halves the 16x32 fixture; of the paper's validation cities it holds ulm.
-_TINY = cs.CityscapesCarsConfig(name='tiny', image_height=8, image_width=16,
-                                validation_cities=('ulm',))
+_TINY = next(c for c in cs.Builder.BUILDER_CONFIGS if c.name == 'tiny')
 # The train ids of the labelIds the fixture uses, written out by hand.
 _FIXTURE_TRAIN_IDS = {0: 255, 7: 0, 23: 10, 24: 11, 26: 13, 33: 18, 255: 255}
 

@@ -10,9 +10,7 @@ from datasets.snemi3d import snemi3d_dataset_builder as snemi3d
 from tests import fixtures
 
 # The paper's split, scaled to the 4-slice fixture: 2 / 1 / 1 slices.
-_TINY = snemi3d.Snemi3dConfig(
-    name='tiny', crop_size=32, train_slices=(0, 2), validation_slices=(2, 3),
-    test_slices=(3, 4))
+_TINY = next(c for c in snemi3d.Builder.BUILDER_CONFIGS if c.name == 'tiny')
 
 
 @pytest.fixture(scope='module')

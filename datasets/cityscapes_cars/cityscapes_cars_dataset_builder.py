@@ -229,6 +229,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           name='paper',
           description='Kohl et al. 2019: 512x1024, validation = darmstadt, '
           'moenchengladbach, ulm.'),
+      # The 16x32 `dummy_data/` halved; of the validation cities it has ulm.
+      CityscapesCarsConfig(
+          name='tiny', image_height=8, image_width=16,
+          validation_cities=('ulm',),
+          description='8x16, validation = ulm (dummy data).'),
   ]
   DEFAULT_CONFIG_NAME = 'paper'
 
