@@ -1,0 +1,260 @@
+"""The runs of the synthetic study: options, configs, train-or-load, pooling.
+
+`experiments/study_synthetic.py` is the command line; this module holds what
+one run and one variant need: the study's options (`StudyOptions`), the task
+config of a run with the study's overrides (`make_config`), training and
+evaluating a run unless it is finished (`train_or_load`) and pooling a
+variant's seeds (`pool_runs`).
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from experiments import study_analysis
+from experiments import synthetic_cells
+from experiments import synthetic_lesions
+from experiments import train_lib
+
+LESIONS, CELLS = 'synthetic_lesions', 'synthetic_cells'
+TASK_MODULES = {LESIONS: synthetic_lesions, CELLS: synthetic_cells}
+TASK_DIRS = {LESIONS: 'lesions', CELLS: 'cells'}
+# The variants issue 6 compares (the config files may offer more).
+STUDY_LESION_VARIANTS = ('hpunet', 'spunet', 'global_latents',
+                         'local_latents', 'no_topk')
+STUDY_CELL_VARIANTS = ('hpunet', 'spunet')
+# Settings that `--tiny` replaces (None = the config's own value).
+FULL_SETTINGS = dict(steps=None, num_eval_images=None, num_samples=None,
+                     per_level_images=100, per_level_samples=32,
+                     generalisation_config='many_lesions')
+TINY_SETTINGS = dict(steps=3, num_eval_images=2, num_samples=4,
+                     per_level_images=2, per_level_samples=4,
+                     generalisation_config='tiny')
+# Keys that may differ between the invocations of one study.
+_CONFIG_KEYS_FREE = ('data_dir', 'compilation_cache_dir')
+TIMING_FILE = 'study_timing.json'
+
+
+class RunIncompleteError(RuntimeError):
+  """A training run stopped (e.g. SIGTERM) before its evaluation."""
+
+
+class StudySettingsError(ValueError):
+  """The study's options are invalid or contradict a finished run."""
+
+
+@dataclasses.dataclass
+class StudyOptions:
+  """What the study runs; None fields take `FULL_SETTINGS` / `TINY_SETTINGS`.
+
+  Attributes:
+    workdir: folder of all runs.
+    results_dir: where the JSON files and figures go.
+    seeds: trained seeds per variant (0..seeds-1).
+    lesion_variants: variants of `synthetic_lesions.py`.
+    cell_variants: variants of `synthetic_cells.py` (empty = skip cells).
+    tiny: the `tiny` configs and settings.
+    steps: `num_train_steps` (learning-rate drops scaled along).
+    num_eval_images: test images evaluated per run.
+    num_samples: samples per image in the evaluation.
+    per_level_images: test images of the per-level analysis.
+    per_level_samples: samples per image and level setting.
+    presence_threshold: covered fraction of a lesion's core that counts as
+      present.
+    generalisation_config: lesions builder config of the generalisation
+      evaluation; '' skips it.
+    data_dir: TFDS data directory (None = TFDS's default).
+    num_resamples: bootstrap resamples per seed.
+    command: the command line, recorded in the results.
+  """
+  workdir: str
+  results_dir: str = 'results'
+  seeds: int = 3
+  lesion_variants: Sequence[str] = STUDY_LESION_VARIANTS
+  cell_variants: Sequence[str] = STUDY_CELL_VARIANTS
+  tiny: bool = False
+  steps: Optional[int] = None
+  num_eval_images: Optional[int] = None
+  num_samples: Optional[int] = None
+  per_level_images: Optional[int] = None
+  per_level_samples: Optional[int] = None
+  presence_threshold: float = 0.5
+  generalisation_config: Optional[str] = None
+  data_dir: Optional[str] = None
+  num_resamples: int = 1000
+  command: str = ''
+
+  def resolved(self) -> 'StudyOptions':
+    """A copy with the None settings filled for full or tiny mode."""
+    defaults = TINY_SETTINGS if self.tiny else FULL_SETTINGS
+    filled = {k: v for k, v in defaults.items()
+              if getattr(self, k) is None}
+    options = dataclasses.replace(self, **filled)
+    if options.seeds < 1:
+      raise StudySettingsError(f'--seeds must be >= 1, got {options.seeds}.')
+    for name, known in (('lesion_variants', synthetic_lesions.VARIANTS),
+                        ('cell_variants', synthetic_cells.VARIANTS)):
+      unknown = set(getattr(options, name)) - set(known)
+      if unknown:
+        raise StudySettingsError(f'Unknown {name} {sorted(unknown)}; '
+                                 f'expected some of {known}.')
+    return options
+
+
+def make_config(task: str, variant: str, seed: int,
+                options: StudyOptions) -> ml_collections.ConfigDict:
+  """The task config of one run with the study's overrides."""
+  config = TASK_MODULES[task].get_config(
+      f'{variant},tiny' if options.tiny else variant)
+  config.seed = seed
+  config.data.data_dir = options.data_dir
+  if options.steps is not None:
+    # Keep the learning-rate drops at the same fractions of training.
+    scale = options.steps / config.num_train_steps
+    config.optimizer.boundaries = tuple(
+        max(1, int(round(b * scale))) for b in config.optimizer.boundaries)
+    config.num_train_steps = options.steps
+    config.log_every_steps = min(config.log_every_steps, options.steps)
+    config.checkpoint_every_steps = min(config.checkpoint_every_steps,
+                                        options.steps)
+  if options.num_samples is not None:
+    config.eval.num_samples = options.num_samples
+    # The Hamming threshold equals the number of clustered samples (at most
+    # 16 are clustered), as the paper's 16 for 16 and 32 for 32 (Appx. H).
+    config.eval.cluster_alpha = min(options.num_samples, 16)
+  if options.num_eval_images is not None:
+    config.eval.num_examples = options.num_eval_images
+  if not config.eval.num_samples:
+    raise StudySettingsError(f'{task}:{variant} evaluates no samples; pass '
+                             '--num_samples.')
+  return config
+
+
+def _check_same_config(config: ml_collections.ConfigDict,
+                       run_dir: str) -> None:
+  """A finished run must have been trained with this config."""
+  path = os.path.join(run_dir, 'config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+
+  def flat(d, prefix=''):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f'{prefix}{k}.')
+      elif k not in _CONFIG_KEYS_FREE:
+        yield f'{prefix}{k}', v
+
+  saved, current = dict(flat(saved)), dict(flat(current))
+  differing = sorted(k for k in saved.keys() | current.keys()
+                     if saved.get(k) != current.get(k))
+  if differing:
+    changes = ', '.join(f'{k}: {saved.get(k)} -> {current.get(k)}'
+                        for k in differing)
+    raise StudySettingsError(f'{path} was trained with other settings '
+                             f'({changes}); use another --workdir.')
+
+
+def load_eval(out_dir: str):
+  """`(metrics, per_image)` of an evaluation folder."""
+  with open(os.path.join(out_dir, 'metrics.json')) as f:
+    metrics = json.load(f)
+  with np.load(os.path.join(out_dir, 'per_image.npz')) as per_image:
+    return metrics, {k: per_image[k] for k in per_image.files}
+
+
+def save_eval(out_dir: str, result) -> None:
+  """Writes an `EvalResult`'s metrics.json and per_image.npz to `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+    json.dump(result.metrics, f, indent=2, sort_keys=True)
+  np.savez(os.path.join(out_dir, 'per_image.npz'), **result.per_image)
+
+
+def is_evaluated(out_dir: str) -> bool:
+  return all(os.path.exists(os.path.join(out_dir, name))
+             for name in ('metrics.json', 'per_image.npz'))
+
+
+def train_or_load(config: ml_collections.ConfigDict,
+                  run_dir: str) -> Dict[str, Any]:
+  """Trains and evaluates one run unless it is finished; loads its results.
+
+  Returns:
+    `metrics` (metrics.json), `per_image` (metric -> `[num_images]`),
+    `wall_time_s` (training + evaluation, summed over invocations; None
+    for a run trained outside the study) and
+    `trained` (whether this call trained or evaluated).
+  """
+  eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+  timing_path = os.path.join(run_dir, TIMING_FILE)
+  if os.path.exists(os.path.join(run_dir, 'config.json')):
+    _check_same_config(config, run_dir)  # Also before resuming a run.
+  trained = not is_evaluated(eval_dir)
+  if trained:
+    previous = 0.0
+    if os.path.exists(timing_path):
+      with open(timing_path) as f:
+        previous = json.load(f)['wall_time_s']
+    start = time.time()
+    try:
+      train_lib.train_and_evaluate(config, run_dir)
+    finally:
+      # Also after an interruption, so a resumed run's time adds up.
+      with open(timing_path, 'w') as f:
+        json.dump({'wall_time_s': previous + time.time() - start}, f)
+    if not is_evaluated(eval_dir):
+      raise RunIncompleteError(f'{run_dir} stopped before its evaluation; '
+                               'rerun the same command to continue.')
+  metrics, per_image = load_eval(eval_dir)
+  wall_time = None  # Unknown for a run trained outside the study.
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      wall_time = json.load(f)['wall_time_s']
+  return dict(metrics=metrics, per_image=per_image, wall_time_s=wall_time,
+              trained=trained)
+
+
+def run_dir_of(options: StudyOptions, task: str, variant: str,
+               seed: int) -> str:
+  return os.path.join(options.workdir, TASK_DIRS[task], variant,
+                      f'seed{seed}')
+
+
+def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,
+              options: StudyOptions) -> Dict[str, Any]:
+  """One variant's results entry from its seeds' runs."""
+  entry = study_analysis.pool_seeds([r['per_image'] for r in runs],
+                                    options.num_resamples, rng_seed=0)
+  oracles = [r['metrics']['oracle'] for r in runs if 'oracle' in r['metrics']]
+  if oracles:
+    entry['oracle'] = study_analysis.pool_summaries(oracles)
+  entry.update(
+      num_seeds=len(runs), num_train_steps=config.num_train_steps,
+      batch_size=config.batch_size,
+      num_images=runs[0]['metrics']['num_images'],
+      num_samples=runs[0]['metrics']['num_samples'],
+      wall_time_s_per_seed=[r['wall_time_s'] for r in runs])
+  known = [t for t in entry['wall_time_s_per_seed'] if t is not None]
+  # The sum over seeds; None when no seed's time is known.
+  entry['wall_time_s'] = float(sum(known)) if known else None
+  return entry
+
+
+def run_task(task: str, variants: Sequence[str],
+             options: StudyOptions) -> Dict[str, Any]:
+  """Trains/loads every run of `task` and pools each variant's seeds."""
+  results = {}
+  for variant in variants:
+    runs = []
+    for seed in range(options.seeds):
+      config = make_config(task, variant, seed, options)
+      run_dir = run_dir_of(options, task, variant, seed)
+      print(f'[study] {task}:{variant} seed {seed} in {run_dir}', flush=True)
+      runs.append(train_or_load(config, run_dir))
+    results[variant] = pool_runs(runs, config, options)
+  return results

@@ -1,0 +1,317 @@
+r"""The synthetic study of issue 6: the paper's claims on known-answer data.
+
+  python -m experiments.study_synthetic --workdir=/tmp/study \
+      [--seeds=3] [--steps=N] [--variants=hpunet,spunet,...] [--tiny]
+
+1. Trains and evaluates every variant of `experiments/synthetic_lesions.py`
+   (`hpunet`, `spunet`, `global_latents`, `local_latents`, `no_topk`) for
+   seeds 0..S-1 (`config.seed`) in `<workdir>/lesions/<variant>/seed<k>`,
+   then `experiments/synthetic_cells.py` (`hpunet`, `spunet`) in
+   `<workdir>/cells/...`, each with `train_lib.train_and_evaluate`. A run
+   whose `eval/<split>/metrics.json` and `per_image.npz` exist is finished and
+   skipped; an interrupted one resumes from its checkpoint, so rerunning the
+   same command continues the study.
+2. Pools the seeds' per-image values with `eval.bootstrap.pooled_bootstrap`
+   and writes `<results_dir>/synthetic_lesions.json` and
+   `synthetic_cells.json`: one object per variant with the `metrics.json` keys
+   (mean and `_std`), `oracle`, `num_seeds`, `num_train_steps`, `wall_time_s`;
+   plus the command line and the machine. Prints Table 1/2-style tables.
+3. `per_level` (lesions, HPU-Net): samples with one latent level sampled and
+   the others at the prior mean, decodes each sample into grader style and
+   per-lesion presence (`study_analysis.decode_lesion_samples`) and reports
+   P(style differs) and P(a lesion's presence differs) between two samples.
+4. `generalisation` (lesions, HPU-Net and sPU-Net): the trained parameters
+   evaluated on `--generalisation_config` (`many_lesions`: 4-6 lesions; the
+   training set `default` has 1-3).
+5. Figures of seed 0 of every variant (and the per-level chart) in
+   `<results_dir>/figures/`.
+
+`--tiny` runs the whole pipeline on the `tiny` configs in seconds (the test).
+
+Plan for the full study (not yet run), on this project's 2-core CPU machine
+(Intel Xeon, 2 cores, shared with other work):
+
+  python -m experiments.study_synthetic --workdir=/tmp/study --seeds=3 \
+      --results_dir=results
+
+Measured with `--variants=hpunet --cell_variants= --seeds=1` (one default
+run, 1000 steps at batch 16): 10.0 min for training and evaluation (training
+at 1.7-2.6 steps/s while another job shared the cores, 4.2-4.7 steps/s
+alone; evaluation of 200 test images x 100 samples 83 s), then 65 s for the
+per-level analysis (100 images x 32 samples x 4 settings) and 105 s for the
+`many_lesions` evaluation (200 images x 100 samples). Expected wall time of
+the command above: 15 lesions runs x 6-10 min + 6 cells runs x ~6-10 min
+(200 images x 16 clustered samples; not measured) + 3 x 1.1 min per-level +
+6 x 1.8 min generalisation = about 2.5 h alone on the machine, up to 4 h
+shared. `--seeds=1` takes about a third of that.
+
+Targets of issue 6: HPU-Net GED^2 within 0.03 of the oracle, IoU_rec >=
+0.95, sPU-Net clearly worse on the multi-lesion set, Rand error <= 0.10 on
+cells. The measured 1000-step HPU-Net (seed 0) misses the first two: IoU_rec
+0.916, GED^2_100 0.236 vs the oracle's 0.130 (exact GED^2 0.113 vs 0.006),
+with GECO's lambda still rising (rec/px 0.20 vs kappa 0.05). Its per-level
+analysis shows the most global latent level unused (KL ~0.02 nats; sampling
+only level 0 changes the style in 1 % and a lesion's presence in 2 % of
+sample pairs) while the finest level carries both style (55 %; truth 62.5 %)
+and presence (37 %; truth 33 %), so the paper's global-style / local-lesion
+split is not reproduced at this length. The targets likely need longer
+training: `--steps=5000` (learning-rate drop scaled along to step 3500)
+multiplies the training part by 5: about 7 h for the whole study with 3
+seeds alone on the machine, up to 15 h shared. On `many_lesions` (4-6 lesions; the training set `default` has 1-3,
+not "at most 2" as the issue words it) the same model scores IoU_rec 0.865,
+exact GED^2 0.126 (oracle 0.006).
+"""
+import json
+import os
+import shutil
+import sys
+from typing import Any, Dict, List, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from datasets import pipeline
+from eval import evaluator
+from eval import restore
+from experiments import study_analysis
+from experiments import study_runs
+from experiments.study_runs import CELLS, LESIONS, StudyOptions
+
+# Table 1/2 columns first; other metrics follow.
+LESION_COLUMNS = ('iou_rec', 'ged_16', 'ged_100', 'hm_iou', 'exact_ged',
+                  'exact_hm_iou')
+CELL_COLUMNS = ('iou_rec', 'rand_error')
+
+
+def per_level(options: StudyOptions) -> Dict[str, Any]:
+  """Per-level analysis of the lesions HPU-Net over all seeds."""
+  if 'hpunet' not in options.lesion_variants:
+    return {'skipped': 'hpunet is not among --variants'}
+  per_seed = []
+  cache_name = (f'per_level_{options.per_level_images}x'
+                f'{options.per_level_samples}_t{options.presence_threshold}'
+                '.npz')
+  for seed in range(options.seeds):
+    config = study_runs.make_config(LESIONS, 'hpunet', seed, options)
+    run_dir = study_runs.run_dir_of(options, LESIONS, 'hpunet', seed)
+    cache = os.path.join(run_dir, cache_name)
+    if not os.path.exists(cache):
+      run = restore.restore_latest(run_dir, config)
+      examples = list(pipeline.eval_examples(
+          config.data, config.eval.split, limit=options.per_level_images))
+      values = study_analysis.per_level_per_image(
+          run.model, run.params, examples,
+          num_samples=options.per_level_samples,
+          batch_size=config.eval.batch_size, seed=seed,
+          presence_threshold=options.presence_threshold)
+      np.savez(cache, **{f'{s}.{m}': v for s, metrics in values.items()
+                         for m, v in metrics.items()})
+    with np.load(cache) as stored:
+      values = {}
+      for key in stored.files:
+        setting, metric = key.split('.', 1)
+        values.setdefault(setting, {})[metric] = stored[key]
+    per_seed.append(values)
+  summary = {setting: study_analysis.pool_seeds(
+      [values[setting] for values in per_seed], options.num_resamples,
+      rng_seed=0) for setting in per_seed[0]}
+  return {'settings': summary,
+          'num_images': options.per_level_images,
+          'num_samples': options.per_level_samples,
+          'presence_threshold': options.presence_threshold,
+          'num_seeds': options.seeds,
+          'levels': 'level_0 is the coarsest (most global) latent level; '
+                    'level_<l> samples only that level, the others at the '
+                    'prior mean; oracle = true-distribution samples through '
+                    'the same decoder; truth = the exact probabilities.'}
+
+
+def generalisation(options: StudyOptions) -> Dict[str, Any]:
+  """Lesions HPU-Net and sPU-Net evaluated on another builder config."""
+  builder_config = options.generalisation_config
+  if not builder_config:
+    return {'skipped': 'disabled by --generalisation_config=""'}
+  out = {'builder_config': builder_config}
+  trained_on = study_runs.make_config(LESIONS, 'hpunet', 0,
+                                     options).data.builder_config
+  if builder_config == trained_on:
+    out['note'] = ('the training data set itself: a pipeline check, not a '
+                   'generalisation result')
+  for variant in ('hpunet', 'spunet'):
+    if variant not in options.lesion_variants:
+      continue
+    runs = []
+    for seed in range(options.seeds):
+      config = study_runs.make_config(LESIONS, variant, seed, options)
+      config.data.builder_config = builder_config
+      run_dir = study_runs.run_dir_of(options, LESIONS, variant, seed)
+      out_dir = os.path.join(run_dir, 'generalisation', builder_config,
+                             config.eval.split)
+      if not study_runs.is_evaluated(out_dir):
+        run = restore.restore_latest(run_dir, config)
+        result = evaluator.Evaluator(config, run.model).run(
+            run.params, config.eval.split, config.eval.num_samples,
+            rng_seed=seed)
+        study_runs.save_eval(out_dir, result)
+      metrics, per_image = study_runs.load_eval(out_dir)
+      runs.append(dict(metrics=metrics, per_image=per_image, wall_time_s=0.0))
+    out[variant] = study_runs.pool_runs(runs, config, options)
+    for key in ('wall_time_s', 'wall_time_s_per_seed'):
+      del out[variant][key]
+  return out
+
+
+def copy_figures(task: str, variants: Sequence[str],
+                 options: StudyOptions) -> List[str]:
+  """Copies seed 0's evaluation figures to `<results_dir>/figures/`."""
+  figure_dir = os.path.join(options.results_dir, 'figures')
+  os.makedirs(figure_dir, exist_ok=True)
+  copied = []
+  for variant in variants:
+    config = study_runs.make_config(task, variant, 0, options)
+    run_dir = study_runs.run_dir_of(options, task, variant, 0)
+    eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+    for name in sorted(os.listdir(eval_dir)):
+      if name.endswith('.png'):
+        target = os.path.join(figure_dir, f'{task}_{variant}_{name}')
+        shutil.copyfile(os.path.join(eval_dir, name), target)
+        copied.append(target)
+  return copied
+
+
+def _print_table(title: str, results: Dict[str, Any],
+                 variants: Sequence[str], preferred: Sequence[str]) -> None:
+  rows = {v: results[v] for v in variants}
+  if 'oracle' in results:
+    rows['oracle'] = results['oracle']
+  columns = study_analysis.metric_columns(list(rows.values()), preferred)
+  print(f'\n{title}')
+  print(study_analysis.format_table(rows, columns), flush=True)
+
+
+def _print_extras(results: Dict[str, Any]) -> None:
+  """Prints the per-level and generalisation sections of the lesions."""
+  settings = results['per_level'].get('settings')
+  if settings:
+    print('\nPer level: P(differs between two samples) when only that level '
+          'is sampled (level_0 = most global)')
+    print(study_analysis.format_table(settings, (
+        'p_style_differs', 'p_presence_differs', 'frac_style_undefined')))
+  generalisation = results['generalisation']
+  rows = {v: generalisation[v] for v in ('hpunet', 'spunet')
+          if v in generalisation}
+  if rows:
+    rows['oracle'] = next(iter(rows.values())).get('oracle', {})
+    print(f"\nGeneralisation to {generalisation['builder_config']}")
+    print(study_analysis.format_table(rows, study_analysis.metric_columns(
+        list(rows.values()), LESION_COLUMNS)), flush=True)
+
+
+def _write_json(path: str, content: Dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(content, f, indent=2, sort_keys=False)
+  print(f'[study] wrote {path}', flush=True)
+
+
+def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
+  """Runs the whole study.
+
+  Returns:
+    `{'synthetic_lesions': ..., 'synthetic_cells': ...}` as written to
+    `<results_dir>/<task>.json` (a task without variants is left out).
+  """
+  options = options.resolved()
+  common = {'command': options.command,
+            'machine': study_analysis.machine_info(),
+            'seeds': list(range(options.seeds)), 'tiny': options.tiny}
+  written = {}
+  for task, variants, columns in (
+      (LESIONS, options.lesion_variants, LESION_COLUMNS),
+      (CELLS, options.cell_variants, CELL_COLUMNS)):
+    if not variants:
+      continue
+    results = {'variants': list(variants)}
+    results.update(study_runs.run_task(task, variants, options))
+    if task == LESIONS:
+      results['oracle'] = results[variants[0]].get('oracle', {})
+      results['per_level'] = per_level(options)
+      results['generalisation'] = generalisation(options)
+    figures = copy_figures(task, variants, options)
+    if task == LESIONS and 'settings' in results['per_level']:
+      figures.append(study_analysis.per_level_figure(
+          os.path.join(options.results_dir, 'figures',
+                       f'{task}_per_level.png'),
+          results['per_level']['settings']))
+    results['figures'] = [os.path.relpath(p, options.results_dir)
+                          for p in figures]
+    results.update(common)
+    _write_json(os.path.join(options.results_dir, f'{task}.json'), results)
+    _print_table(f'{task}: mean ± std (pooled bootstrap over '
+                 f'{options.seeds} seed(s))', results, variants, columns)
+    if task == LESIONS:
+      _print_extras(results)
+    written[task] = results
+  return written
+
+
+_DEFAULTS = StudyOptions(workdir='')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of all runs.')
+_RESULTS_DIR = flags.DEFINE_string('results_dir', _DEFAULTS.results_dir,
+                                   'Where the JSON files and figures go.')
+_SEEDS = flags.DEFINE_integer('seeds', _DEFAULTS.seeds, 'Seeds per variant.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Training steps (default: the '
+                              "config's; learning-rate drops scale along).")
+_VARIANTS = flags.DEFINE_list('variants', list(_DEFAULTS.lesion_variants),
+                              'synthetic_lesions variants.')
+_CELL_VARIANTS = flags.DEFINE_list('cell_variants',
+                                   list(_DEFAULTS.cell_variants),
+                                   'synthetic_cells variants ("" = none).')
+_TINY = flags.DEFINE_bool('tiny', False, 'Tiny configs and settings.')
+_NUM_EVAL_IMAGES = flags.DEFINE_integer(
+    'num_eval_images', None, "Test images per run (default: the config's).")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    'num_samples', None, "Samples per test image (default: the config's).")
+_PER_LEVEL_IMAGES = flags.DEFINE_integer(
+    'per_level_images', None, 'Images of the per-level analysis (100; tiny 2).')
+_PER_LEVEL_SAMPLES = flags.DEFINE_integer(
+    'per_level_samples', None, 'Samples per image and level setting (32; '
+    'tiny 4).')
+_PRESENCE_THRESHOLD = flags.DEFINE_float(
+    'presence_threshold', _DEFAULTS.presence_threshold,
+    "Covered fraction of a lesion's core disk that counts as present.")
+_GENERALISATION_CONFIG = flags.DEFINE_string(
+    'generalisation_config', None, 'Lesions builder config of the '
+    'generalisation evaluation (many_lesions; tiny: tiny); "" skips it.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  options = StudyOptions(
+      workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
+      seeds=_SEEDS.value, steps=_STEPS.value,
+      lesion_variants=tuple(_VARIANTS.value),
+      cell_variants=tuple(_CELL_VARIANTS.value), tiny=_TINY.value,
+      num_eval_images=_NUM_EVAL_IMAGES.value, num_samples=_NUM_SAMPLES.value,
+      per_level_images=_PER_LEVEL_IMAGES.value,
+      per_level_samples=_PER_LEVEL_SAMPLES.value,
+      presence_threshold=_PRESENCE_THRESHOLD.value,
+      generalisation_config=_GENERALISATION_CONFIG.value,
+      data_dir=_DATA_DIR.value,
+      command=' '.join(['python -m experiments.study_synthetic'] +
+                       sys.argv[1:]))
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(
+      os.path.join('~', '.cache', 'hpunet_jax', 'jax')))
+  try:
+    run_study(options)
+  except (study_runs.RunIncompleteError, study_runs.StudySettingsError) as e:
+    sys.exit(f'study_synthetic: {e}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)

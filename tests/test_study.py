@@ -1,0 +1,143 @@
+"""The synthetic study: decoding, pooling, configs and the tiny pipeline."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from datasets.synthetic_lesions import generator
+from eval import bootstrap
+from experiments import study_analysis
+from experiments import study_runs
+from experiments import study_synthetic
+
+
+def _lesion_params(index):
+  example = generator.generate_example(generator.LesionsSpec(), seed=0,
+                                       split_id=2, index=index)
+  return generator.LesionParams.from_features(example)
+
+
+def _grading(params, style, subset):
+  """bool `[H, W]`: the true grading of `subset` (bool `[N]`) in `style`."""
+  rho = generator.normalised_radius(params)
+  return np.any(subset[:, None, None] &
+                (rho <= params.style_scales[style]), axis=0)
+
+
+def test_decoding_recovers_style_and_presence_of_true_gradings():
+  rng = np.random.default_rng(0)
+  for index in range(5):
+    params = _lesion_params(index)
+    num_lesions = len(params.radii)
+    gradings, styles, subsets = [], [], []
+    for style in range(len(params.style_scales)):
+      for _ in range(3):
+        subset = rng.random(num_lesions) < 0.5
+        subset[rng.integers(num_lesions)] = True  # Style needs a lesion.
+        gradings.append(_grading(params, style, subset))
+        styles.append(style)
+        subsets.append(subset)
+    gradings.append(np.zeros_like(gradings[0]))  # Nothing segmented.
+    decoded_styles, present = study_analysis.decode_lesion_samples(
+        np.stack(gradings), params, presence_threshold=0.5)
+    np.testing.assert_array_equal(decoded_styles, styles + [-1])
+    np.testing.assert_array_equal(present,
+                                  np.stack(subsets + [subsets[0] & False]))
+
+
+def test_decoding_rejects_bad_threshold_and_shape():
+  params = _lesion_params(0)
+  with pytest.raises(ValueError, match='presence_threshold'):
+    study_analysis.decode_lesion_samples(np.zeros((1, 64, 64)), params, 0.0)
+  with pytest.raises(ValueError, match='do not match'):
+    study_analysis.decode_lesion_samples(np.zeros((1, 32, 32)), params, 0.5)
+
+
+def test_disagreement_probabilities():
+  # Styles 0, 0, 1 (and one undefined): of 6 ordered pairs 4 differ.
+  assert study_analysis.style_disagreement(np.array([0, 0, 1, -1])) == (
+      pytest.approx(4 / 6))
+  assert math.isnan(study_analysis.style_disagreement(np.array([2, -1])))
+  # Lesion 0 present in 1 of 4 samples (3/6 pairs differ), lesion 1 always.
+  present = np.array([[1, 1], [0, 1], [0, 1], [0, 1]], bool)
+  assert study_analysis.presence_disagreement(present) == pytest.approx(0.25)
+  truth = study_analysis.true_disagreement(_lesion_params(0))
+  assert truth['p_style_differs'] == pytest.approx(1 - (2 * 0.25**2 + 0.5**2))
+
+
+def test_pool_seeds_matches_pooled_bootstrap_and_drops_nan():
+  seeds = [{'a': np.array([0.1, 0.3, np.nan]), 'b': np.array([1.0])},
+           {'a': np.array([0.5, 0.7])}]
+  pooled = study_analysis.pool_seeds(seeds, num_resamples=50, rng_seed=3)
+  mean, std = bootstrap.pooled_bootstrap(
+      [np.array([0.1, 0.3]), np.array([0.5, 0.7])], 50, rng=3)
+  assert (pooled['a'], pooled['a_std']) == (mean, std)
+  assert pooled['b'] == 1.0 and pooled['b_std'] == 0.0
+  # The mixture of two seeds' bootstrap distributions.
+  summaries = [{'x': 1.0, 'x_std': 0.3, 'n': 5}, {'x': 2.0, 'x_std': 0.4}]
+  mixed = study_analysis.pool_summaries(summaries)
+  assert mixed['x'] == pytest.approx(1.5)
+  assert mixed['x_std'] == pytest.approx(math.sqrt((0.09 + 0.16) / 2 + 0.25))
+
+
+def test_make_config_scales_the_learning_rate_drop_and_validates():
+  options = study_runs.StudyOptions(workdir='w', steps=5000).resolved()
+  config = study_runs.make_config(study_runs.LESIONS, 'no_topk', 2, options)
+  assert config.num_train_steps == 5000 and config.seed == 2
+  assert tuple(config.optimizer.boundaries) == (3500,)
+  assert config.loss.top_k_fraction == 0.0
+  with pytest.raises(ValueError, match='Unknown lesion_variants'):
+    study_runs.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
+
+
+def _assert_finite_entry(entry, metrics):
+  for name in metrics:
+    assert math.isfinite(entry[name]) and math.isfinite(entry[name + '_std'])
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
+  options = study_runs.StudyOptions(
+      workdir=str(tmp_path / 'runs'), results_dir=str(tmp_path / 'results'),
+      seeds=1, lesion_variants=('hpunet', 'spunet'), cell_variants=('spunet',),
+      tiny=True, data_dir=str(tmp_path / 'tfds'), command='test')
+  written = study_synthetic.run_study(options)
+  lesions = json.loads(
+      (tmp_path / 'results' / 'synthetic_lesions.json').read_text())
+  cells = json.loads(
+      (tmp_path / 'results' / 'synthetic_cells.json').read_text())
+  assert lesions == json.loads(json.dumps(written['synthetic_lesions']))
+  for variant in ('hpunet', 'spunet'):
+    entry = lesions[variant]
+    # 4 samples: GED at "16" and at all samples are both ged_4.
+    _assert_finite_entry(entry, ('iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
+                                 'exact_hm_iou'))
+    _assert_finite_entry(entry['oracle'], ('ged_4', 'exact_ged'))
+    assert entry['num_seeds'] == 1 and entry['num_train_steps'] == 3
+    assert entry['num_images'] == 2 and entry['num_samples'] == 4
+    assert entry['wall_time_s'] > 0
+  per_level = lesions['per_level']['settings']
+  assert set(per_level) == {'level_0', 'level_1', 'all_levels', 'oracle',
+                            'truth'}
+  for values in per_level.values():
+    _assert_finite_entry(values, ('p_presence_differs',))
+  generalisation = lesions['generalisation']
+  assert generalisation['builder_config'] == 'tiny' and 'note' in generalisation
+  _assert_finite_entry(generalisation['hpunet'], ('iou_rec', 'exact_ged'))
+  _assert_finite_entry(cells['spunet'], ('iou_rec', 'rand_error'))
+  assert cells['machine']['cpu_cores'] >= 1 and cells['command'] == 'test'
+  for figure in lesions['figures'] + cells['figures']:
+    assert (tmp_path / 'results' / figure).stat().st_size > 1000
+  assert 'figures/synthetic_lesions_per_level.png' in lesions['figures']
+
+  # A rerun trains nothing and reproduces the results.
+  def no_training(*args, **kwargs):
+    raise AssertionError('a finished run was trained again')
+
+  monkeypatch.setattr(study_runs.train_lib, 'train_and_evaluate', no_training)
+  again = study_synthetic.run_study(options)
+  assert again['synthetic_lesions']['hpunet']['exact_ged'] == (
+      lesions['hpunet']['exact_ged'])
+  with pytest.raises(study_runs.StudySettingsError, match='num_train_steps'):
+    study_synthetic.run_study(study_runs.StudyOptions(
+        **{**options.__dict__, 'steps': 2}))
