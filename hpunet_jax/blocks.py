@@ -7,6 +7,7 @@ without any normalisation, 2x2 average pooling down, nearest-neighbour
 up-sampling, orthogonal weights (gain 1) and truncated-normal biases
 (stddev 0.001).
 """
+import math
 from typing import Optional
 
 import haiku as hk
@@ -24,10 +25,81 @@ def bias_init() -> hk.initializers.Initializer:
   return hk.initializers.TruncatedNormal(stddev=0.001)
 
 
-def conv(channels: int, kernel: int, name: Optional[str] = None) -> hk.Conv2D:
+def conv(channels: int, kernel: int, name: Optional[str] = None) -> 'Conv2D':
   """A SAME-padded convolution with the paper's initialisers."""
-  return hk.Conv2D(channels, kernel, padding='SAME', w_init=weight_init(),
-                   b_init=bias_init(), name=name)
+  return Conv2D(channels, kernel, name=name)
+
+
+class Conv2D(hk.Module):
+  """SAME-padded, stride-1 convolution with the paper's initialisers.
+
+  Same parameters as `hk.Conv2D` (`w [k, k, C_in, C_out]`, then
+  `b [C_out]`, created in that order with the same initialisers), so
+  parameters and checkpoints are interchangeable. A 1x1 kernel runs as
+  `pointwise_conv`, whose weight gradient is much faster on XLA:CPU.
+  """
+
+  def __init__(self, channels: int, kernel: int, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.channels = channels
+    self.kernel = kernel
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[B, H, W, C_in] -> [B, H, W, channels]`."""
+    if x.ndim != 4:
+      raise ValueError(f'{self.module_name} expects [B, H, W, C] inputs, '
+                       f'got shape {x.shape}.')
+    w = hk.get_parameter(
+        'w', (self.kernel, self.kernel, x.shape[-1], self.channels), x.dtype,
+        init=weight_init())
+    b = hk.get_parameter('b', (self.channels,), x.dtype, init=bias_init())
+    if self.kernel == 1:
+      y = pointwise_conv(x, w[0, 0])
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, w, window_strides=(1, 1), padding='SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y + b
+
+
+# Pixels per chunk of the 1x1 weight gradient (see `_pointwise_conv_bwd`).
+_WEIGHT_GRADIENT_CHUNK = 2048
+
+
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+  """1x1 convolution: `x [..., C_in] @ w [C_in, C_out] -> [..., C_out]`.
+
+  Differentiable in reverse mode only (`jax.grad`, `jax.vjp`), through its
+  own weight gradient.
+  """
+  return jnp.dot(x, w)
+
+
+def _pointwise_conv_fwd(x, w):
+  return pointwise_conv(x, w), (x, w)
+
+
+def _pointwise_conv_bwd(residuals, grad_y):
+  """Sums the weight gradient `x^T grad_y` over chunks of pixels.
+
+  XLA:CPU runs the plain `sum_pixels x^T grad_y` (a tiny output from a long
+  contraction) as one poorly parallelised product, and a 1x1 `conv` as a
+  convolution over the whole image after transposing both operands; a batch
+  of products over chunks of `_WEIGHT_GRADIENT_CHUNK` pixels, then a sum, is
+  several times faster (e.g. 5 -> 40 GFLOP/s at 128x128, 12 -> 24 channels).
+  """
+  x, w = residuals
+  grad_x = jnp.dot(grad_y, w.T)
+  num_pixels = x.size // x.shape[-1]
+  chunk = math.gcd(num_pixels, _WEIGHT_GRADIENT_CHUNK)
+  x_chunks = x.reshape(num_pixels // chunk, chunk, x.shape[-1])
+  grad_chunks = grad_y.reshape(num_pixels // chunk, chunk, grad_y.shape[-1])
+  grad_w = jnp.einsum('pni,pno->pio', x_chunks, grad_chunks).sum(axis=0)
+  return grad_x, grad_w
+
+
+pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 
 def resize_down(x: jax.Array) -> jax.Array:

@@ -1,0 +1,388 @@
+"""Shared pieces of the benchmarks: machine description, timing, matmul peak,
+the benchmarked configs, synthetic inputs, the train step, results files.
+
+Timings are steady state: every function is compiled (and run once) before
+it is timed, each run ends with `block_until_ready`, and the tables report
+the median (and the minimum) of several runs. The machine may be shared: every
+results file records the load average before and after the run.
+"""
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+
+from hpunet_jax import models
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'results')
+
+# The benchmarked training setups: experiment config, model variant and the
+# batch size used on a CPU (the paper trains LIDC with batch 32).
+TRAIN_SETUPS = {
+    'lidc': dict(experiment='lidc', variant='hpunet', batch_size=8),
+    'synthetic_lesions': dict(experiment='synthetic_lesions',
+                              variant='hpunet', batch_size=16),
+}
+
+# Learning rate of the benchmarked Adam; the value does not change the cost.
+BENCHMARK_LEARNING_RATE = 1e-4
+
+
+def parse_args(description: str, extra: Optional[Callable] = None
+               ) -> argparse.Namespace:
+  """`--quick` (a fast smoke run) and `--out` (results path) for every script.
+
+  Args:
+    description: the script's one-line description.
+    extra: optional `fn(parser)` adding script-specific flags.
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--quick', action='store_true',
+                      help='small sizes and few repeats: a smoke run.')
+  parser.add_argument('--out', default=None,
+                      help='results JSON path (default: '
+                           'benchmarks/results/<name>.json).')
+  if extra is not None:
+    extra(parser)
+  return parser.parse_args()
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown'
+
+
+def machine_info() -> Dict[str, Any]:
+  """CPU model, cores, memory, JAX versions, backend and the current load."""
+  device = jax.devices()[0]
+  return {
+      'cpu_model': _cpu_model(),
+      'num_cores': os.cpu_count(),
+      'usable_cores': len(os.sched_getaffinity(0)),
+      'memory_gib': round(os.sysconf('SC_PAGE_SIZE') *
+                          os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'jaxlib': jaxlib.__version__,
+      'backend': jax.default_backend(),
+      'device_kind': device.device_kind,
+      'num_devices': jax.device_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS', ''),
+      'load_average_1_5_15': [round(x, 2) for x in os.getloadavg()],
+      'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+  }
+
+
+class Timing(NamedTuple):
+  """Seconds per call over `len(runs_s)` timed calls."""
+  median_s: float
+  min_s: float
+  runs_s: tuple
+
+  def as_dict(self) -> Dict[str, Any]:
+    return {'median_s': self.median_s, 'min_s': self.min_s,
+            'runs_s': list(self.runs_s)}
+
+
+def time_calls(fn: Callable[[], Any], num_runs: int,
+               num_warmup: int = 1) -> Timing:
+  """Times `fn()` (whose result is blocked on) after `num_warmup` calls."""
+  if num_runs < 1:
+    raise ValueError(f'num_runs must be >= 1, got {num_runs}.')
+  for _ in range(num_warmup):
+    jax.block_until_ready(fn())
+  runs = []
+  for _ in range(num_runs):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    runs.append(time.perf_counter() - start)
+  return Timing(statistics.median(runs), min(runs), tuple(runs))
+
+
+def matmul_peak_gflops(size: int = 2048, num_runs: int = 7) -> float:
+  """Best achieved GFLOP/s of a jitted f32 `[size, size] @ [size, size]`."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.dot)
+  timing = time_calls(lambda: matmul(a, b), num_runs=num_runs, num_warmup=2)
+  return 2 * size**3 / timing.min_s / 1e9
+
+
+def compiled_flops(compiled) -> float:
+  """XLA's cost-analysis FLOP count of a compiled computation."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per device.
+    analysis = analysis[0]
+  return float(analysis.get('flops', float('nan')))
+
+
+def compiled_memory(compiled) -> Dict[str, int]:
+  """XLA's buffer sizes (bytes) of a compiled computation."""
+  stats = compiled.memory_analysis()
+  names = ('argument_size_in_bytes', 'output_size_in_bytes',
+           'alias_size_in_bytes', 'temp_size_in_bytes',
+           'generated_code_size_in_bytes')
+  return {name: int(getattr(stats, name, -1)) for name in names}
+
+
+def peak_rss_mib() -> float:
+  """Peak resident set size of this process so far, MiB (Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+  """Current resident set size of this process, MiB (Linux)."""
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def experiment_config(setup_name: str, tiny: bool = False):
+  """The experiment config of a `TRAIN_SETUPS` entry, with its batch size.
+
+  Args:
+    setup_name: a key of `TRAIN_SETUPS`.
+    tiny: the experiment's `tiny` variant (32x32, 4 levels, batch 2), for
+      smoke runs.
+  """
+  if setup_name not in TRAIN_SETUPS:
+    raise ValueError(f'Unknown training setup {setup_name!r}; expected one '
+                     f'of {sorted(TRAIN_SETUPS)}.')
+  setup = TRAIN_SETUPS[setup_name]
+  module = importlib.import_module(f'experiments.{setup["experiment"]}')
+  if tiny:
+    return module.get_config(setup['variant'] + ',tiny')
+  config = module.get_config(setup['variant'])
+  config.batch_size = setup['batch_size']
+  return config
+
+
+def enable_compilation_cache() -> str:
+  """Uses the trainer's persistent XLA cache, so re-runs skip compiling.
+
+  The directory is `$HPUNET_JAX_CACHE` or `~/.cache/hpunet_jax/jax` (the
+  trainer's default). Reported compile times are then cache loads on re-runs.
+  """
+  path = os.environ.get('HPUNET_JAX_CACHE') or os.path.expanduser(
+      '~/.cache/hpunet_jax/jax')
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return path
+
+
+def lesion_masks(rng: np.random.Generator, count: int, height: int,
+                 width: int, max_radius: float = 12.0,
+                 empty_fraction: float = 0.3) -> np.ndarray:
+  """Small elliptic blobs near the centre, like LIDC lesion annotations.
+
+  Returns:
+    bool `[count, height, width]`; about `empty_fraction` of them empty.
+  """
+  rows = np.arange(height)[None, :, None]
+  cols = np.arange(width)[None, None, :]
+  centre_r = height / 2 + rng.normal(0, height / 16, (count, 1, 1))
+  centre_c = width / 2 + rng.normal(0, width / 16, (count, 1, 1))
+  radius_r = rng.uniform(2.0, max_radius, (count, 1, 1))
+  radius_c = radius_r * rng.uniform(0.7, 1.4, (count, 1, 1))
+  inside = (((rows - centre_r) / radius_r)**2 +
+            ((cols - centre_c) / radius_c)**2) <= 1.0
+  empty = rng.uniform(size=(count, 1, 1)) < empty_fraction
+  return inside & ~empty
+
+
+def synthetic_batch(config, seed: int = 0) -> Dict[str, np.ndarray]:
+  """A training batch at `config.image_size`: noise images with lesions.
+
+  The loader's real batches may be larger (the augmentation crops them to
+  `image_size`); the model's cost depends only on the cropped size.
+  """
+  rng = np.random.default_rng(seed)
+  height, width = config.image_size
+  channels = config.model.num_input_channels
+  segmentation = lesion_masks(rng, config.batch_size, height, width)
+  image = rng.normal(0.0, 1.0, (config.batch_size, height, width, channels))
+  image += 2.0 * segmentation[..., None]
+  return {'image': image.astype(np.float32),
+          'segmentation': segmentation.astype(np.int32),
+          'mask': np.ones((config.batch_size, height, width), np.float32)}
+
+
+class TrainStepSetup(NamedTuple):
+  """A compiled train step and what it runs on.
+
+  Attributes:
+    step: `step(state, batch) -> (state, scalars)`, compiled, state donated.
+    state: the initial train state.
+    batch: the input batch (device arrays).
+    source: which code built the step.
+    compile_s: lowering + compilation time.
+    flops: XLA's FLOP count of one step.
+    memory: XLA's buffer sizes of the step (`compiled_memory`).
+  """
+  step: Callable
+  state: Any
+  batch: Mapping[str, jax.Array]
+  source: str
+  compile_s: float
+  flops: float
+  memory: Dict[str, int]
+
+
+def _adam(config) -> optax.GradientTransformation:
+  return optax.adam(BENCHMARK_LEARNING_RATE, b1=config.optimizer.b1,
+                    b2=config.optimizer.b2, eps=config.optimizer.eps)
+
+
+def _trainer_step(config, model, batch):
+  """The trainer's own step: `experiments.train_lib.make_train_step`."""
+  from experiments import sharding  # pylint: disable=g-import-not-at-top
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  optimizer = _adam(config)
+  mesh = sharding.make_mesh(config.mesh_shape)
+  step = train_lib.make_train_step(
+      model=model, optimizer=optimizer,
+      schedule=lambda step: jnp.asarray(BENCHMARK_LEARNING_RATE),
+      loss_config=config.loss.to_dict(),
+      augment_config=config.augment.to_dict(), mesh=mesh,
+      batch_example=batch)
+  # Initialised op by op: jitting the initialiser costs minutes of compile.
+  state = train_lib.init_train_state(
+      jax.random.PRNGKey(config.seed), {k: v[:1] for k, v in batch.items()},
+      model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
+  return step, state
+
+
+def _composed_step(config, model, batch):
+  """The same computation composed here: augmentation, `objective.loss_fn`,
+  Adam, one jit with the state donated (no mesh)."""
+  from datasets import augment  # pylint: disable=g-import-not-at-top
+  from hpunet_jax import objective  # pylint: disable=g-import-not-at-top
+  optimizer = _adam(config)
+  loss_config = config.loss.to_dict()
+  augment_config = config.augment.to_dict()
+
+  def step(state, batch):
+    rng, augment_rng, loss_rng = jax.random.split(state['rng'], 3)
+    batch = augment.augment_batch(augment_rng, batch, **augment_config)
+    (_, (geco_state, scalars)), grads = jax.value_and_grad(
+        objective.loss_fn, has_aux=True)(
+            state['trainable'], state['geco_state'], loss_rng, batch,
+            model=model, loss_config=loss_config)
+    updates, opt_state = optimizer.update(grads, state['opt_state'],
+                                          state['trainable'])
+    trainable = optax.apply_updates(state['trainable'], updates)
+    return dict(trainable=trainable, opt_state=opt_state,
+                geco_state=geco_state, rng=rng), scalars
+
+  def init(rng):
+    init_rng, rng = jax.random.split(rng)
+    trainable = objective.init_trainable(
+        model, init_rng, batch['image'][:1], batch['segmentation'][:1],
+        loss_config)
+    return dict(trainable=trainable, opt_state=optimizer.init(trainable),
+                geco_state=objective.init_geco_state(), rng=rng)
+
+  state = init(jax.random.PRNGKey(config.seed))  # Op by op, see above.
+  return jax.jit(step, donate_argnums=(0,)), state
+
+
+STEP_SOURCES = {
+    'trainer': ('experiments.train_lib.make_train_step', _trainer_step),
+    'composed': ('benchmarks.common._composed_step (augment + '
+                 'objective.loss_fn + optax.adam, jit, donated state)',
+                 _composed_step),
+}
+
+
+def build_train_step(config, step_source: str = 'trainer') -> TrainStepSetup:
+  """Compiles the train step of `config` on a synthetic batch.
+
+  Args:
+    config: an experiment config (`experiment_config`).
+    step_source: 'trainer' (the trainer's `make_train_step`) or 'composed'.
+  """
+  if step_source not in STEP_SOURCES:
+    raise ValueError(f'step_source must be one of {sorted(STEP_SOURCES)}, '
+                     f'got {step_source!r}.')
+  description, make_step = STEP_SOURCES[step_source]
+  model = models.make_model(config.model_type, config.model.to_dict())
+  batch = {k: jnp.asarray(v) for k, v in synthetic_batch(config).items()}
+  step, state = make_step(config, model, batch)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  return TrainStepSetup(compiled, state, batch, description, compile_s,
+                        compiled_flops(compiled), compiled_memory(compiled))
+
+
+def time_train_steps(setup: TrainStepSetup, num_runs: int,
+                     num_warmup: int = 1) -> Timing:
+  """Times `setup.step`, threading the donated state through the calls."""
+  holder = {'state': setup.state}
+
+  def one_step():
+    holder['state'], scalars = setup.step(holder['state'], setup.batch)
+    return scalars
+
+  return time_calls(one_step, num_runs=num_runs, num_warmup=num_warmup)
+
+
+def print_table(title: str, headers: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> None:
+  """Prints a plain-text table (floats with 3 significant digits)."""
+  def fmt(value):
+    if isinstance(value, float):
+      return f'{value:.3g}'
+    return str(value)
+  cells = [[fmt(v) for v in row] for row in rows]
+  widths = [max(len(h), *(len(r[i]) for r in cells))
+            for i, h in enumerate(headers)]
+  print(f'\n{title}')
+  print('  '.join(h.ljust(w) for h, w in zip(headers, widths)))
+  print('  '.join('-' * w for w in widths))
+  for row in cells:
+    print('  '.join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def write_results(name: str, results: Mapping[str, Any],
+                  machine_before: Mapping[str, Any],
+                  out: Optional[str] = None) -> str:
+  """Writes `{'benchmark', 'machine', 'load_average_after', 'results'}`.
+
+  Args:
+    name: the benchmark's name (file `benchmarks/results/<name>.json`).
+    results: JSON-serialisable measurements.
+    machine_before: `machine_info()` taken before the measurements.
+    out: optional explicit path.
+
+  Returns:
+    The path written.
+  """
+  path = out or os.path.join(RESULTS_DIR, f'{name}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  payload = {'benchmark': name, 'machine': dict(machine_before),
+             'load_average_after': [round(x, 2) for x in os.getloadavg()],
+             'results': results}
+  with open(path, 'w') as f:
+    json.dump(payload, f, indent=2, default=float)
+  print(f'\nWrote {path}')
+  return path

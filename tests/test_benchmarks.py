@@ -1,0 +1,101 @@
+"""Tests of the speed work and the benchmark helpers (tiny sizes, seconds).
+
+* `blocks.Conv2D` has `hk.Conv2D`'s parameters and results, and
+  `pointwise_conv`'s hand-written weight gradient equals autodiff's.
+* The benchmark helpers time, generate and tabulate what they claim.
+"""
+import json
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks import metrics_speed
+from hpunet_jax import blocks
+
+
+@pytest.mark.parametrize('kernel', [1, 3])
+def test_conv2d_matches_haiku_conv2d(kernel):
+  """Same parameter tree and initial values, outputs and gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 5))
+  ours = hk.transform(lambda x: blocks.conv(6, kernel, name='c')(x))
+  haiku = hk.transform(lambda x: hk.Conv2D(
+      6, kernel, padding='SAME', w_init=blocks.weight_init(),
+      b_init=blocks.bias_init(), name='c')(x))
+  params = ours.init(jax.random.PRNGKey(1), x)
+  reference_params = haiku.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(params) == jax.tree.structure(reference_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+    np.testing.assert_array_equal(a, b)
+
+  def loss(apply, params, x):
+    return jnp.sum(jnp.sin(apply(params, None, x)))
+
+  np.testing.assert_allclose(ours.apply(params, None, x),
+                             haiku.apply(params, None, x), rtol=1e-5,
+                             atol=1e-5)
+  grads = jax.grad(loss, argnums=(1, 2))(ours.apply, params, x)
+  reference = jax.grad(loss, argnums=(1, 2))(haiku.apply, params, x)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pointwise_conv_gradient_with_uneven_chunks():
+  """Pixel counts that 2048 does not divide still give exact gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (4, 3))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
+  grads = jax.grad(loss(blocks.pointwise_conv), argnums=(0, 1))(x, w)
+  reference = jax.grad(loss(jnp.dot), argnums=(0, 1))(x, w)
+  for a, b in zip(grads, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_rejects_unbatched_input():
+  apply = hk.transform(lambda x: blocks.conv(4, 3, name='c')(x)).init
+  with pytest.raises(ValueError, match=r'\[B, H, W, C\]'):
+    apply(jax.random.PRNGKey(0), jnp.zeros((8, 8, 3)))
+
+
+def test_time_calls_counts_runs_and_rejects_zero():
+  calls = []
+  timing = common.time_calls(lambda: calls.append(1) or jnp.zeros(()),
+                             num_runs=3, num_warmup=2)
+  assert len(calls) == 5 and len(timing.runs_s) == 3
+  assert timing.min_s <= timing.median_s
+  with pytest.raises(ValueError, match='num_runs'):
+    common.time_calls(lambda: None, num_runs=0)
+
+
+def test_lesion_masks_are_small_blobs_some_empty():
+  masks = common.lesion_masks(np.random.default_rng(0), 100, 128, 128)
+  assert masks.shape == (100, 128, 128) and masks.dtype == bool
+  areas = masks.reshape(100, -1).sum(1)
+  assert 0.1 < np.mean(areas == 0) < 0.5  # ~30% empty
+  assert areas.max() < 128 * 128 / 20  # radii <= 12 * 1.4 px
+
+
+def test_metric_inputs_have_the_stated_form():
+  stack = metrics_speed.lesion_stack(np.random.default_rng(0), 3, 20, 32)
+  assert stack.shape == (3, 20, 32, 32) and stack.dtype == bool
+  samples = metrics_speed.instance_samples(np.random.default_rng(0), 4, 32,
+                                           num_cells=6, num_ids=15)
+  assert samples.shape == (4, 32, 32) and samples.dtype == np.int32
+  assert samples.min() == 0 and samples.max() <= 15
+  # Membranes separate the cells: background is present but not dominant.
+  assert 0.05 < np.mean(samples == 0) < 0.6
+
+
+def test_write_results_records_machine(tmp_path, capsys):
+  path = common.write_results('x', {'value': 1.5}, common.machine_info(),
+                              out=str(tmp_path / 'x.json'))
+  payload = json.loads(open(path).read())
+  assert payload['results'] == {'value': 1.5}
+  for key in ('cpu_model', 'num_cores', 'jax', 'backend', 'device_kind',
+              'load_average_1_5_15'):
+    assert key in payload['machine']
+  common.print_table('t', ['a', 'b'], [[1, 0.123456]])
+  assert '0.123' in capsys.readouterr().out
