@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: machine description, timing, matmul peak,
-the benchmarked configs, synthetic inputs, the train step, results files.
+XLA options, the benchmarked configs, synthetic inputs, results files.
 
 Timings are steady state: every function is compiled (and run once) before
 it is timed, each run ends with `block_until_ready`, and the tables report
@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
@@ -21,9 +20,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-import optax
 
-from hpunet_jax import models
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -36,13 +33,25 @@ TRAIN_SETUPS = {
                               variant='hpunet', batch_size=16),
 }
 
-# Learning rate of the benchmarked Adam; the value does not change the cost.
-BENCHMARK_LEARNING_RATE = 1e-4
+# Per-compilation XLA:CPU options compared by the benchmarks. jaxlib 0.10.2
+# hands dots, reductions and convolutions to YNNPACK by default; 'eigen_conv'
+# keeps YNNPACK for dots and reductions but runs convolutions on XLA's own
+# (Eigen) kernels, which is faster for this network (see README.md). It gives
+# the same optimised HLO as the flag
+#   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
+# but is set per `jit`/`compile`.
+COMPILER_OPTIONS = {
+    'default': None,
+    'eigen_conv': {'xla_cpu_experimental_ynn_fusion_type':
+                   'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+                   'LIBRARY_FUSION_TYPE_REDUCE'},
+}
 
 
 def parse_args(description: str, extra: Optional[Callable] = None
                ) -> argparse.Namespace:
-  """`--quick` (a fast smoke run) and `--out` (results path) for every script.
+  """`--quick` (a fast smoke run), `--out` (results path) and
+  `--compiler_options` (which `COMPILER_OPTIONS` to compare) for every script.
 
   Args:
     description: the script's one-line description.
@@ -54,6 +63,10 @@ def parse_args(description: str, extra: Optional[Callable] = None
   parser.add_argument('--out', default=None,
                       help='results JSON path (default: '
                            'benchmarks/results/<name>.json).')
+  parser.add_argument('--compiler_options', nargs='+',
+                      default=list(COMPILER_OPTIONS),
+                      choices=list(COMPILER_OPTIONS),
+                      help='XLA:CPU option sets to measure (default: all).')
   if extra is not None:
     extra(parser)
   return parser.parse_args()
@@ -128,6 +141,15 @@ def matmul_peak_gflops(size: int = 2048, num_runs: int = 7) -> float:
   return 2 * size**3 / timing.min_s / 1e9
 
 
+def compile_with(jitted: Callable, args: Sequence[Any], options_name: str):
+  """`jitted.lower(*args).compile()` with `COMPILER_OPTIONS[options_name]`."""
+  options = COMPILER_OPTIONS[options_name]
+  lowered = jitted.lower(*args)
+  if options is None:
+    return lowered.compile()
+  return lowered.compile(compiler_options=options)
+
+
 def compiled_flops(compiled) -> float:
   """XLA's cost-analysis FLOP count of a compiled computation."""
   analysis = compiled.cost_analysis()
@@ -143,11 +165,6 @@ def compiled_memory(compiled) -> Dict[str, int]:
            'alias_size_in_bytes', 'temp_size_in_bytes',
            'generated_code_size_in_bytes')
   return {name: int(getattr(stats, name, -1)) for name in names}
-
-
-def peak_rss_mib() -> float:
-  """Peak resident set size of this process so far, MiB (Linux)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mib() -> float:
@@ -226,124 +243,23 @@ def synthetic_batch(config, seed: int = 0) -> Dict[str, np.ndarray]:
           'mask': np.ones((config.batch_size, height, width), np.float32)}
 
 
-class TrainStepSetup(NamedTuple):
-  """A compiled train step and what it runs on.
-
-  Attributes:
-    step: `step(state, batch) -> (state, scalars)`, compiled, state donated.
-    state: the initial train state.
-    batch: the input batch (device arrays).
-    source: which code built the step.
-    compile_s: lowering + compilation time.
-    flops: XLA's FLOP count of one step.
-    memory: XLA's buffer sizes of the step (`compiled_memory`).
-  """
-  step: Callable
-  state: Any
-  batch: Mapping[str, jax.Array]
-  source: str
-  compile_s: float
-  flops: float
-  memory: Dict[str, int]
-
-
-def _adam(config) -> optax.GradientTransformation:
-  return optax.adam(BENCHMARK_LEARNING_RATE, b1=config.optimizer.b1,
-                    b2=config.optimizer.b2, eps=config.optimizer.eps)
-
-
-def _trainer_step(config, model, batch):
-  """The trainer's own step: `experiments.train_lib.make_train_step`."""
-  from experiments import sharding  # pylint: disable=g-import-not-at-top
-  from experiments import train_lib  # pylint: disable=g-import-not-at-top
-  optimizer = _adam(config)
-  mesh = sharding.make_mesh(config.mesh_shape)
-  step = train_lib.make_train_step(
-      model=model, optimizer=optimizer,
-      schedule=lambda step: jnp.asarray(BENCHMARK_LEARNING_RATE),
-      loss_config=config.loss.to_dict(),
-      augment_config=config.augment.to_dict(), mesh=mesh,
-      batch_example=batch)
-  # Initialised op by op: jitting the initialiser costs minutes of compile.
-  state = train_lib.init_train_state(
-      jax.random.PRNGKey(config.seed), {k: v[:1] for k, v in batch.items()},
-      model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
-  return step, state
-
-
-def _composed_step(config, model, batch):
-  """The same computation composed here: augmentation, `objective.loss_fn`,
-  Adam, one jit with the state donated (no mesh)."""
-  from datasets import augment  # pylint: disable=g-import-not-at-top
-  from hpunet_jax import objective  # pylint: disable=g-import-not-at-top
-  optimizer = _adam(config)
-  loss_config = config.loss.to_dict()
-  augment_config = config.augment.to_dict()
-
-  def step(state, batch):
-    rng, augment_rng, loss_rng = jax.random.split(state['rng'], 3)
-    batch = augment.augment_batch(augment_rng, batch, **augment_config)
-    (_, (geco_state, scalars)), grads = jax.value_and_grad(
-        objective.loss_fn, has_aux=True)(
-            state['trainable'], state['geco_state'], loss_rng, batch,
-            model=model, loss_config=loss_config)
-    updates, opt_state = optimizer.update(grads, state['opt_state'],
-                                          state['trainable'])
-    trainable = optax.apply_updates(state['trainable'], updates)
-    return dict(trainable=trainable, opt_state=opt_state,
-                geco_state=geco_state, rng=rng), scalars
-
-  def init(rng):
-    init_rng, rng = jax.random.split(rng)
-    trainable = objective.init_trainable(
-        model, init_rng, batch['image'][:1], batch['segmentation'][:1],
-        loss_config)
-    return dict(trainable=trainable, opt_state=optimizer.init(trainable),
-                geco_state=objective.init_geco_state(), rng=rng)
-
-  state = init(jax.random.PRNGKey(config.seed))  # Op by op, see above.
-  return jax.jit(step, donate_argnums=(0,)), state
-
-
-STEP_SOURCES = {
-    'trainer': ('experiments.train_lib.make_train_step', _trainer_step),
-    'composed': ('benchmarks.common._composed_step (augment + '
-                 'objective.loss_fn + optax.adam, jit, donated state)',
-                 _composed_step),
-}
-
-
-def build_train_step(config, step_source: str = 'trainer') -> TrainStepSetup:
-  """Compiles the train step of `config` on a synthetic batch.
-
-  Args:
-    config: an experiment config (`experiment_config`).
-    step_source: 'trainer' (the trainer's `make_train_step`) or 'composed'.
-  """
-  if step_source not in STEP_SOURCES:
-    raise ValueError(f'step_source must be one of {sorted(STEP_SOURCES)}, '
-                     f'got {step_source!r}.')
-  description, make_step = STEP_SOURCES[step_source]
-  model = models.make_model(config.model_type, config.model.to_dict())
-  batch = {k: jnp.asarray(v) for k, v in synthetic_batch(config).items()}
-  step, state = make_step(config, model, batch)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  return TrainStepSetup(compiled, state, batch, description, compile_s,
-                        compiled_flops(compiled), compiled_memory(compiled))
-
-
-def time_train_steps(setup: TrainStepSetup, num_runs: int,
-                     num_warmup: int = 1) -> Timing:
-  """Times `setup.step`, threading the donated state through the calls."""
-  holder = {'state': setup.state}
-
-  def one_step():
-    holder['state'], scalars = setup.step(holder['state'], setup.batch)
-    return scalars
-
-  return time_calls(one_step, num_runs=num_runs, num_warmup=num_warmup)
+def time_interleaved(calls: Mapping[str, Callable[[], Any]], num_runs: int,
+                     num_warmup: int = 1) -> Dict[str, Timing]:
+  """Times several calls round-robin, so that a changing machine load hits
+  them alike; `{name: Timing}`."""
+  if num_runs < 1:
+    raise ValueError(f'num_runs must be >= 1, got {num_runs}.')
+  for call in calls.values():
+    for _ in range(num_warmup):
+      jax.block_until_ready(call())
+  runs = {name: [] for name in calls}
+  for _ in range(num_runs):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      runs[name].append(time.perf_counter() - start)
+  return {name: Timing(statistics.median(r), min(r), tuple(r))
+          for name, r in runs.items()}
 
 
 def print_table(title: str, headers: Sequence[str],

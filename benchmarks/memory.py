@@ -13,6 +13,7 @@ high-water mark, reset just before; it includes Python and JAX runtime
 overhead).
 """
 from benchmarks import common
+from benchmarks import train_step
 
 NAME = 'memory'
 MIB = 2**20
@@ -25,7 +26,7 @@ def _extra_flags(parser):
   parser.add_argument('--no_run', action='store_true',
                       help='only compile (XLA sizes, no RSS).')
   parser.add_argument('--step_source', default='trainer',
-                      choices=list(common.STEP_SOURCES))
+                      choices=list(train_step.STEP_SOURCES))
 
 
 def reset_peak_rss() -> bool:
@@ -58,7 +59,8 @@ def main():
     config = common.experiment_config(setup_name, tiny=args.quick)
     if batch_size is not None:
       config.batch_size = batch_size
-    setup = common.build_train_step(config, args.step_source)
+    # Memory is measured with XLA's default options only.
+    setup = train_step.build_train_steps(config, args.step_source)['default']
     memory = setup.memory
     estimate = (memory['argument_size_in_bytes'] +
                 memory['output_size_in_bytes'] -
@@ -71,7 +73,7 @@ def main():
     if not args.no_run:
       rss_before = common.current_rss_mib()
       if reset_peak_rss():
-        common.time_train_steps(setup, num_runs=1, num_warmup=1)
+        common.time_calls(train_step.train_step_caller(setup), num_runs=1)
         rss_peak = high_water_rss_mib()
       entry.update(rss_before_step_mib=rss_before, rss_peak_step_mib=rss_peak)
     results.append(entry)

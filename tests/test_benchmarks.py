@@ -70,6 +70,27 @@ def test_time_calls_counts_runs_and_rejects_zero():
     common.time_calls(lambda: None, num_runs=0)
 
 
+def test_time_interleaved_runs_round_robin():
+  order = []
+  calls = {name: (lambda name=name: order.append(name) or jnp.zeros(()))
+           for name in ('a', 'b')}
+  timings = common.time_interleaved(calls, num_runs=2, num_warmup=1)
+  assert order == ['a', 'b', 'a', 'b', 'a', 'b']
+  assert set(timings) == {'a', 'b'} and len(timings['a'].runs_s) == 2
+
+
+@pytest.mark.parametrize('options_name', sorted(common.COMPILER_OPTIONS))
+def test_compiler_options_compile_a_convolution(options_name):
+  """The option sets are valid for the installed jaxlib and keep results."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  compiled = common.compile_with(conv, (x, w), options_name)
+  np.testing.assert_allclose(compiled(x, w), conv(x, w), rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_lesion_masks_are_small_blobs_some_empty():
   masks = common.lesion_masks(np.random.default_rng(0), 100, 128, 128)
   assert masks.shape == (100, 128, 128) and masks.dtype == bool
