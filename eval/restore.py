@@ -1,14 +1,11 @@
 """Loads a trained model from a workdir for offline evaluation and predict."""
-import json
 import os
 from typing import Any, NamedTuple, Optional
 
 import ml_collections
-import orbax.checkpoint as ocp
 
+from experiments import checkpointing
 from hpunet_jax import models
-
-CHECKPOINT_DIR = 'checkpoints'
 
 
 class Restored(NamedTuple):
@@ -31,24 +28,21 @@ def restore_latest(workdir: str,
   Raises:
     FileNotFoundError: no checkpoint in `<workdir>/checkpoints`.
   """
-  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  directory = os.path.abspath(os.path.join(workdir,
+                                           checkpointing.CHECKPOINT_DIR))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoints in {directory}: train first, or '
                             'pass the --workdir of a training run.')
-  manager = ocp.CheckpointManager(
-      directory, item_names=('state', 'loader', 'config'),
-      options=ocp.CheckpointManagerOptions(create=False))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No complete checkpoint in {directory}.')
-  items = {'state': ocp.args.StandardRestore()}
-  if config is None:
-    items['config'] = ocp.args.JsonRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  manager.close()
-  if config is None:
-    config = ml_collections.ConfigDict(restored['config'])
-  state = restored['state']
+  checkpointer = checkpointing.Checkpointer(directory, use_async=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No complete checkpoint in {directory}.')
+    state = checkpointer.restore_saved_state(step)
+    if config is None:
+      config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+  finally:
+    checkpointer.close()
   trainable = state['trainable'] if isinstance(state, dict) else state[1]
   model = models.make_model(config.model_type, config.model.to_dict())
   return Restored(config, model, trainable['model'], int(step))

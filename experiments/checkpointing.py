@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 _STATE, _LOADER, _CONFIG = 'state', 'loader', 'config'
+# Checkpoints live in `<workdir>/CHECKPOINT_DIR`.
+CHECKPOINT_DIR = 'checkpoints'
 
 
 class CheckpointError(ValueError):
@@ -142,6 +144,15 @@ class Checkpointer:
           f'{jax.process_count()}.')
     loader_state = decode_loader_state(loader_states[jax.process_index()])
     return restored[_STATE], loader_state
+
+  def restore_saved_state(self, step: int) -> Any:
+    """The train state as saved (nested dicts of host arrays), without a
+    target structure: for offline evaluation, which needs no optimiser or
+    sharding."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore()}))
+    return restored[_STATE]
 
   def restore_config(self, step: int) -> dict:
     """The config dict saved with a checkpoint."""

@@ -30,8 +30,6 @@ from experiments import sharding
 from hpunet_jax import models
 from hpunet_jax import objective
 
-CHECKPOINT_DIR = 'checkpoints'
-
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradients became NaN or infinite."""
@@ -298,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   rng = jax.random.PRNGKey(config.seed)
 
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR),
+      os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
       max_to_keep=config.checkpoints_to_keep)
   start_step = checkpointer.latest_step()
   if start_step is None:
