@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from experiments import xla_options
+
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -39,12 +41,11 @@ TRAIN_SETUPS = {
 # (Eigen) kernels, which is faster for this network (see README.md). It gives
 # the same optimised HLO as the flag
 #   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
-# but is set per `jit`/`compile`.
+# but is set per `jit`/`compile`. The trainer and evaluator use the same set
+# where `config.xla_cpu_eigen_conv` is on.
 COMPILER_OPTIONS = {
     'default': None,
-    'eigen_conv': {'xla_cpu_experimental_ynn_fusion_type':
-                   'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
-                   'LIBRARY_FUSION_TYPE_REDUCE'},
+    'eigen_conv': xla_options.EIGEN_CONV,
 }
 
 

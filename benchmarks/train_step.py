@@ -55,7 +55,8 @@ def _trainer_step(config, model, batch):
       schedule=lambda step: jnp.asarray(BENCHMARK_LEARNING_RATE),
       loss_config=config.loss.to_dict(),
       augment_config=config.augment.to_dict(), mesh=mesh,
-      batch_example=batch)
+      batch_example=batch,
+      eigen_conv=False)  # The options are compared at compile time.
   # Initialised op by op: jitting the initialiser costs minutes of compile.
   state = train_lib.init_train_state(
       jax.random.PRNGKey(config.seed), {k: v[:1] for k, v in batch.items()},

@@ -38,6 +38,7 @@ from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
 from eval import task_scores
+from experiments import xla_options
 
 LESION_TASKS = ('synthetic_lesions', 'lidc_crops')
 INSTANCE_TASKS = ('synthetic_cells', 'snemi3d')
@@ -143,15 +144,18 @@ class Evaluator:
     foreground = ()
     if self.task == CITYSCAPES:
       foreground = task_scores.car_classes(config.data.num_car_ids)
+    # Configs saved before the option existed lack it: compile as they did.
+    jit_kwargs = xla_options.jit_kwargs(config.get('xla_cpu_eigen_conv',
+                                                   False))
     self._sample = jax.jit(functools.partial(
         sample_labels, model, foreground_classes=foreground),
-                           static_argnums=3)
+                           static_argnums=3, **jit_kwargs)
     self._mask = None
     if config.get('masking', None):
       check_masking_supported(self.task)
       self._mask = jax.jit(jax.vmap(functools.partial(
           masking.mask_example, **dict(config.masking))))
-    reconstruct = jax.jit(model.reconstruct)
+    reconstruct = jax.jit(model.reconstruct, **jit_kwargs)
     self._reconstruct_labels = lambda params: lambda image, seg: np.asarray(
         jnp.argmax(reconstruct(params, jnp.asarray(image), jnp.asarray(seg)),
                    axis=-1))

@@ -33,6 +33,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       num_train_steps=1000,
       log_every_steps=50,
       checkpoint_every_steps=250)
+  # Eigen convolutions measured no faster at 64x64 (benchmarks/README.md).
+  config.xla_cpu_eigen_conv = False
   config.data = config_common.data_config('synthetic_cells',
                                           builder_config='default')
   config.data.num_instance_ids = 15  # As SNEMI3D; K = this + 1.

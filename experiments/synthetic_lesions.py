@@ -34,6 +34,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       num_train_steps=1000,
       log_every_steps=50,
       checkpoint_every_steps=250)
+  # Eigen convolutions measured no faster at 64x64 (benchmarks/README.md).
+  config.xla_cpu_eigen_conv = False
   config.data = config_common.data_config('synthetic_lesions',
                                           builder_config='default')
   # The generator is symmetric under mirroring: flips are free extra data.

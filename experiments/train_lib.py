@@ -27,6 +27,7 @@ from datasets import pipeline
 from experiments import checkpointing
 from experiments import metric_writers
 from experiments import sharding
+from experiments import xla_options
 from hpunet_jax import models
 from hpunet_jax import objective
 
@@ -117,6 +118,7 @@ def make_train_step(*, model: models.Model,
                     augment_config: Mapping[str, Any],
                     mesh: jax.sharding.Mesh,
                     batch_example: Mapping[str, Any],
+                    eigen_conv: bool,
                     masking_config: Optional[Mapping[str, Any]] = None
                     ) -> Callable:
   """The jitted, state-donating train step for `mesh`.
@@ -130,6 +132,7 @@ def make_train_step(*, model: models.Model,
     mesh: the `('data', 'spatial')` mesh.
     batch_example: a global batch (arrays or ShapeDtypeStructs) fixing the
       input shardings.
+    eigen_conv: `config.xla_cpu_eigen_conv` (see `xla_options.jit_kwargs`).
     masking_config: kwargs of `datasets.masking.extrapolation_mask`, applied
       after the augmentation (extrapolation task); None = off.
 
@@ -169,7 +172,7 @@ def make_train_step(*, model: models.Model,
 
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, state_sharding),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), **xla_options.jit_kwargs(eigen_conv))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -317,7 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step = make_train_step(
       model=model, optimizer=optimizer, schedule=schedule,
       loss_config=loss_config, augment_config=augment_config, mesh=mesh,
-      batch_example=batch_example, masking_config=masking_config)
+      batch_example=batch_example,
+      eigen_conv=config.xla_cpu_eigen_conv,
+      masking_config=masking_config)
   writer = metric_writers.MetricWriter(
       workdir, start_step=start_step, total_steps=config.num_train_steps,
       enabled=process_index == 0)

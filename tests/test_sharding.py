@@ -90,7 +90,7 @@ def _mesh_equivalence_main():
         model=model, optimizer=optimizer, schedule=schedule,
         loss_config=config.loss.to_dict(),
         augment_config=config.augment.to_dict(), mesh=mesh,
-        batch_example=global_batch)
+        batch_example=global_batch, eigen_conv=config.xla_cpu_eigen_conv)
     compiled = step.lower(state, global_batch).compile()
     hlo = compiled.as_text()
     losses = []
