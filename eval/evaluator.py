@@ -39,12 +39,13 @@ from datasets import pipeline
 from eval import bootstrap
 from eval import task_scores
 from experiments import xla_options
+from hpunet_jax import models
 
 LESION_TASKS = ('synthetic_lesions', 'lidc_crops')
 INSTANCE_TASKS = ('synthetic_cells', 'snemi3d')
 CITYSCAPES = 'cityscapes_cars'
 # Samples decoded at once (bounds the memory of [chunk, B, H, W, K] logits).
-SAMPLE_CHUNK = 16
+SAMPLE_CHUNK = models.SAMPLE_CHUNK
 # Seed of the per-image extrapolation masks: the same masks for every model
 # and training seed, so runs compare.
 EXTRAPOLATION_MASK_SEED = 0

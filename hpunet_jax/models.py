@@ -7,8 +7,9 @@ out = model.train_forward(params, rng, image, segmentation)
 samples = model.sample(params, rng, image, num_samples=16)   # [N,B,H,W,K]
 ```
 
-Sampling runs the encoder once and `vmap`s the decoder path over N keys
-(paper Sec. 2: "only the U-Net's decoder needs to be rerun").
+Sampling runs the encoder once and maps the decoder path over N keys
+(paper Sec. 2: "only the U-Net's decoder needs to be rerun"), `SAMPLE_CHUNK`
+keys at a time.
 
 Shape glossary: `B` batch, `H, W` image size, `C_in` image channels, `K`
 classes, `N` samples, `L` latent levels.
@@ -20,6 +21,12 @@ import jax
 
 from hpunet_jax import hpunet
 from hpunet_jax import spunet
+
+# Decoder passes vmapped together when sampling. One vmap over all N keys
+# holds N decoders' temporaries at once (1.35 GiB for N = 100 at 128x128);
+# chunks of 16 bound that and measured no slower on CPU
+# (benchmarks/README.md, sampling). The samples are the same.
+SAMPLE_CHUNK = 16
 
 MODEL_CLASSES = {
     'hpunet': hpunet.HierarchicalProbUNet,
@@ -38,7 +45,8 @@ class Model(NamedTuple):
     encode: `(params, image) -> encoding` (prior encoder features).
     decode: `(params, rng, encoding, mean_levels=None) -> logits [B,H,W,K]`.
     sample: `(params, rng, image, num_samples, mean_levels=None) -> logits
-      [N,B,H,W,K]`, encoder once, decoder vmapped over N keys.
+      [N,B,H,W,K]`, encoder once, decoder mapped over N keys (vmapped in
+      chunks of `SAMPLE_CHUNK`).
     sample_full_rerun: same result as `sample`, re-running the whole network
       for each sample (the reference for tests and benchmarks).
     num_latent_levels: L.
@@ -92,8 +100,9 @@ def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
   def sample(params, rng, image, num_samples: int, mean_levels=None):
     encoding = encode(params, image)
     keys = jax.random.split(rng, num_samples)
-    return jax.vmap(lambda key: decode(params, key, encoding, mean_levels))(
-        keys)
+    return jax.lax.map(
+        lambda key: decode(params, key, encoding, mean_levels), keys,
+        batch_size=max(1, min(SAMPLE_CHUNK, num_samples)))
 
   def sample_full_rerun(params, rng, image, num_samples: int,
                         mean_levels=None):

@@ -129,6 +129,11 @@ def test_encoder_once_sampling(model_type, kwargs):
   once = sample(params, key, image, 4)
   rerun = model.sample_full_rerun(params, key, image, 4)
   np.testing.assert_allclose(once, rerun, atol=1e-5)
+  # More samples than a chunk, not a multiple of it: the remainder too.
+  many = models.SAMPLE_CHUNK + 3
+  np.testing.assert_allclose(
+      sample(params, key, image, many),
+      model.sample_full_rerun(params, key, image, many), atol=1e-5)
   # Same key, same samples; different keys, different samples.
   np.testing.assert_array_equal(once, sample(params, key, image, 4))
   assert np.abs(once[0] - once[1]).max() > 1e-4
