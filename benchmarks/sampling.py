@@ -3,8 +3,9 @@
   python -m benchmarks.sampling [--quick] [--num_samples 16 100]
 
 With the LIDC HPU-Net (128x128, one image) this times, for each N:
-* `model.sample` jitted with static N (prior encoder once, decoder vmapped
-  over N keys: the paper's "only the decoder needs to be rerun");
+* `model.sample` jitted with static N (prior encoder once, decoder mapped
+  over N keys in vmapped chunks of `models.SAMPLE_CHUNK`: the paper's "only
+  the decoder needs to be rerun");
 * the evaluator's `sample_labels` (encoder once, decoder mapped in chunks of
   `eval.evaluator.SAMPLE_CHUNK`, reduced to labels on the device);
 * N calls of one jitted full pass (encoder + decoder per sample), the cost

@@ -7,7 +7,11 @@ Restores the newest checkpoint in `<workdir>/checkpoints` (the config saved
 with it unless `--config` is given), samples with encoder-once sampling and
 writes `<workdir>/eval/<split>/metrics.json` plus PNG figures next to it.
 """
+import os
 import sys
+
+# One OpenBLAS thread (see experiments/train.py); before NumPy loads it.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from absl import app
 from absl import flags

@@ -29,6 +29,9 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+# One OpenBLAS thread (see experiments/train.py); before NumPy loads it.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 from absl import app
 from absl import flags
 import jax

@@ -67,6 +67,9 @@ import shutil
 import sys
 from typing import Any, Dict, List, Sequence
 
+# One OpenBLAS thread (see experiments/train.py); before NumPy loads it.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 from absl import app
 from absl import flags
 import jax

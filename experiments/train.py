@@ -21,6 +21,11 @@ lets `jax.distributed.initialize()` find the rest by itself.
 import logging as std_logging
 import os
 
+# One OpenBLAS thread: a multi-threaded OpenBLAS busy-waits on a loaded CPU
+# (the orthogonal initialiser's QR ran ~150x slower, benchmarks/README.md).
+# Must precede NumPy's import; an explicit setting wins.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 from absl import app
 from absl import flags
 from absl import logging

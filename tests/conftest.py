@@ -3,6 +3,8 @@ import os
 import pathlib
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One OpenBLAS thread (see experiments/train.py); before NumPy loads it.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import jax  # pylint: disable=g-import-not-at-top
 
