@@ -233,6 +233,16 @@ def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,
   oracles = [r['metrics']['oracle'] for r in runs if 'oracle' in r['metrics']]
   if oracles:
     entry['oracle'] = study_analysis.pool_summaries(oracles)
+  # The `_std` keys are the pooled bootstrap (test images and seeds
+  # together); the spread of the seeds' own means is kept next to it.
+  names = [k for k, v in entry.items()
+           if isinstance(v, float) and not k.endswith('_std')]
+  entry['seed_means'] = {
+      name: [float(r['metrics'][name]) for r in runs if name in r['metrics']]
+      for name in names}
+  entry['seed_std'] = {  # Sample std (ddof 1); None with one seed.
+      name: float(np.std(v, ddof=1)) if len(v) > 1 else None
+      for name, v in entry['seed_means'].items()}
   entry.update(
       num_seeds=len(runs), num_train_steps=config.num_train_steps,
       batch_size=config.batch_size,

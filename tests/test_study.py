@@ -81,6 +81,21 @@ def test_pool_seeds_matches_pooled_bootstrap_and_drops_nan():
   assert mixed['x_std'] == pytest.approx(math.sqrt((0.09 + 0.16) / 2 + 0.25))
 
 
+def test_pool_runs_keeps_the_spread_over_seeds():
+  options = study_runs.StudyOptions(workdir='w', num_resamples=20).resolved()
+  config = study_runs.make_config(study_runs.LESIONS, 'hpunet', 0, options)
+  runs = [dict(metrics=dict(iou_rec=m, num_images=2, num_samples=4),
+               per_image=dict(iou_rec=np.array([m - 0.1, m + 0.1])),
+               wall_time_s=t) for m, t in ((0.5, 10.0), (0.8, 20.0))]
+  entry = study_runs.pool_runs(runs, config, options)
+  assert entry['seed_means'] == {'iou_rec': [0.5, 0.8]}
+  assert entry['seed_std']['iou_rec'] == pytest.approx(0.3 / math.sqrt(2))
+  assert entry['iou_rec'] == pytest.approx(0.65, abs=0.1)
+  assert entry['num_seeds'] == 2 and entry['wall_time_s'] == 30.0
+  single = study_runs.pool_runs(runs[:1], config, options)
+  assert single['seed_std'] == {'iou_rec': None}
+
+
 def test_make_config_scales_the_learning_rate_drop_and_validates():
   options = study_runs.StudyOptions(workdir='w', steps=5000).resolved()
   config = study_runs.make_config(study_runs.LESIONS, 'no_topk', 2, options)
