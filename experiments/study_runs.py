@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from experiments import study_analysis
+from experiments import study_diagnostics
 from experiments import synthetic_cells
 from experiments import synthetic_lesions
 from experiments import train_lib
@@ -35,7 +36,8 @@ TINY_SETTINGS = dict(steps=3, num_eval_images=2, num_samples=4,
                      per_level_images=2, per_level_samples=4,
                      generalisation_config='tiny')
 # Keys that may differ between the invocations of one study.
-_CONFIG_KEYS_FREE = ('data_dir', 'compilation_cache_dir')
+# (`xla_cpu_eigen_conv` picks convolution kernels: float rounding only.)
+_CONFIG_KEYS_FREE = ('data_dir', 'compilation_cache_dir', 'xla_cpu_eigen_conv')
 TIMING_FILE = 'study_timing.json'
 
 
@@ -187,8 +189,8 @@ def train_or_load(config: ml_collections.ConfigDict,
   Returns:
     `metrics` (metrics.json), `per_image` (metric -> `[num_images]`),
     `wall_time_s` (training + evaluation, summed over invocations; None
-    for a run trained outside the study) and
-    `trained` (whether this call trained or evaluated).
+    for a run trained outside the study),
+    `trained` (whether this call trained or evaluated) and `run_dir`.
   """
   eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
   timing_path = os.path.join(run_dir, TIMING_FILE)
@@ -216,7 +218,7 @@ def train_or_load(config: ml_collections.ConfigDict,
     with open(timing_path) as f:
       wall_time = json.load(f)['wall_time_s']
   return dict(metrics=metrics, per_image=per_image, wall_time_s=wall_time,
-              trained=trained)
+              trained=trained, run_dir=run_dir)
 
 
 def run_dir_of(options: StudyOptions, task: str, variant: str,
@@ -243,6 +245,10 @@ def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,
   entry['seed_std'] = {  # Sample std (ddof 1); None with one seed.
       name: float(np.std(v, ddof=1)) if len(v) > 1 else None
       for name, v in entry['seed_means'].items()}
+  ends = [study_diagnostics.training_end(r['run_dir'])
+          for r in runs if 'run_dir' in r]
+  if any(ends):  # Lambda, rec per pixel and KL per level at the end.
+    entry['training_end'] = study_diagnostics.mean_training_end(ends)
   entry.update(
       num_seeds=len(runs), num_train_steps=config.num_train_steps,
       batch_size=config.batch_size,

@@ -79,6 +79,7 @@ from datasets import pipeline
 from eval import evaluator
 from eval import restore
 from experiments import study_analysis
+from experiments import study_diagnostics
 from experiments import study_runs
 from experiments.study_runs import CELLS, LESIONS, StudyOptions
 
@@ -166,6 +167,24 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
   return out
 
 
+def diagnostics(task: str, variants: Sequence[str],
+                options: StudyOptions) -> Dict[str, Any]:
+  """GECO's reachable lambda per variant and, on the lesions, the entropy
+  of the exact answer distributions (`study_diagnostics`)."""
+  out = {'geco_lambda_bound': {}}
+  for variant in variants:
+    config = study_runs.make_config(task, variant, 0, options)
+    if config.loss.objective == 'geco':
+      out['geco_lambda_bound'][variant] = (
+          study_diagnostics.geco_lambda_bound(config))
+  if task == LESIONS:
+    config = study_runs.make_config(task, variants[0], 0, options)
+    out['answer_entropy_nats'] = study_diagnostics.answer_entropy_nats([
+        e['mode_probs'] for e in pipeline.eval_examples(
+            config.data, config.eval.split, limit=config.eval.num_examples)])
+  return out
+
+
 def copy_figures(task: str, variants: Sequence[str],
                  options: StudyOptions) -> List[str]:
   """Copies seed 0's evaluation figures to `<results_dir>/figures/`."""
@@ -192,6 +211,26 @@ def _print_table(title: str, results: Dict[str, Any],
   columns = study_analysis.metric_columns(list(rows.values()), preferred)
   print(f'\n{title}')
   print(study_analysis.format_table(rows, columns), flush=True)
+
+
+def _print_training_end(results: Dict[str, Any],
+                        variants: Sequence[str]) -> None:
+  """Prints lambda, rec per pixel and KL at the end of training."""
+  bounds = results['diagnostics']['geco_lambda_bound']
+  print('\nEnd of training (mean of the last 5 logged steps and of the seeds)')
+  for variant in variants:
+    end = results[variant].get('training_end', {})
+    kls = ' '.join(f'{end[k]:.3g}' for k in sorted(end)
+                   if k.startswith('kl_') and k != 'kl_sum')
+    bound = (f' (reachable <= {bounds[variant]:.2f})' if variant in bounds
+             else '')
+    print(f"{variant:16s} lambda {end.get('lambda', float('nan')):.3f}{bound}"
+          f"  rec/px {end.get('rec_mean', float('nan')):.3f}"
+          f"  KL {end.get('kl_sum', float('nan')):.2f} nats [{kls}]")
+  entropy = results['diagnostics'].get('answer_entropy_nats')
+  if entropy:
+    print(f"entropy of the exact answer distribution: {entropy['mean']:.2f} "
+          f"± {entropy['std']:.2f} nats per image", flush=True)
 
 
 def _print_extras(results: Dict[str, Any]) -> None:
@@ -238,6 +277,7 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
       continue
     results = {'variants': list(variants)}
     results.update(study_runs.run_task(task, variants, options))
+    results['diagnostics'] = diagnostics(task, variants, options)
     if task == LESIONS:
       results['oracle'] = results[variants[0]].get('oracle', {})
       results['per_level'] = per_level(options)
@@ -254,6 +294,7 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
     _write_json(os.path.join(options.results_dir, f'{task}.json'), results)
     _print_table(f'{task}: mean ± std (pooled bootstrap over '
                  f'{options.seeds} seed(s))', results, variants, columns)
+    _print_training_end(results, variants)
     if task == LESIONS:
       _print_extras(results)
     written[task] = results

@@ -1,0 +1,96 @@
+"""Diagnostics of the synthetic study: why a run is where it is.
+
+* `training_end`: the training scalars (GECO's lambda, the reconstruction
+  loss per pixel, the KL per latent level) averaged over the last logged
+  steps of a run's `metrics.jsonl`.
+* `answer_entropy_nats`: the exact entropy of each test image's answer
+  distribution (its enumerated gradings): the information a perfect model's
+  latents must carry; a posterior whose KL to the prior is far above it has
+  not been pulled onto the prior.
+* `geco_lambda_bound`: the largest lambda GECO can reach in a run. The
+  Lagrange parameter `v` (`lambda = softplus(v)^2`, `lambda_0 = 1`) is
+  trained by the same Adam as the weights; Adam's step is at most about the
+  learning rate whatever the size of the constraint, so after `T` steps
+  `v <= v_0 + sum_t lr_t`.
+"""
+import json
+import math
+import os
+from typing import Dict, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+# Scalars of `metrics.jsonl` kept by `training_end` (plus every `kl_<l>`).
+TRAINING_KEYS = ('lambda', 'rec_mean', 'kl_sum', 'constraint')
+
+
+def training_end(run_dir: str, num_rows: int = 5) -> Dict[str, float]:
+  """Mean of the last `num_rows` logged training rows of a run.
+
+  Args:
+    run_dir: a training workdir (holds `metrics.jsonl`).
+    num_rows: logged rows averaged (the step-to-step noise is large).
+
+  Returns:
+    `{'step': last step, 'lambda': ..., 'rec_mean': ..., 'kl_0': ...}` with
+    the keys the run logged; `{}` when it has no training rows.
+  """
+  path = os.path.join(run_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if 'rec_mean' in r][-num_rows:]
+  if not rows:
+    return {}
+  keys = [k for k in rows[-1]
+          if k in TRAINING_KEYS or (k.startswith('kl_') and k != 'kl_sum')]
+  out = {'step': int(rows[-1]['step'])}
+  out.update({k: float(np.mean([r[k] for r in rows if k in r]))
+              for k in sorted(keys)})
+  return out
+
+
+def mean_training_end(ends: Sequence[Mapping[str, float]]
+                      ) -> Dict[str, float]:
+  """Averages `training_end` dicts over seeds (keys all seeds have)."""
+  ends = [e for e in ends if e]
+  if not ends:
+    return {}
+  keys = set(ends[0]).intersection(*ends[1:])
+  return {k: float(np.mean([e[k] for e in ends])) for k in sorted(keys)}
+
+
+def answer_entropy_nats(mode_probs: Sequence[np.ndarray]) -> Dict[str, float]:
+  """Mean and std over images of the entropy of the exact answer
+  distribution, in nats.
+
+  Args:
+    mode_probs: per image, the probabilities `[M]` of its distinct gradings
+      (`generator.enumerate_modes`; the eval examples' `mode_probs`).
+  """
+  entropies = []
+  for probs in mode_probs:
+    probs = np.asarray(probs, np.float64)
+    probs = probs[probs > 0]
+    entropies.append(float(-np.sum(probs * np.log(probs))))
+  return {'mean': float(np.mean(entropies)), 'std': float(np.std(entropies)),
+          'num_images': len(entropies)}
+
+
+def geco_lambda_bound(config: ml_collections.ConfigDict) -> float:
+  """Largest lambda reachable in `config.num_train_steps` Adam steps.
+
+  `v` starts at `softplus^-1(1)` and moves by at most ~`lr_t` per step
+  (Adam's normalised update); the bound is `softplus(v_0 + sum_t lr_t)^2`.
+  """
+  boundaries = list(config.optimizer.boundaries)
+  rates = list(config.optimizer.learning_rates)
+  total, start = 0.0, 0
+  for end, rate in zip(boundaries + [config.num_train_steps], rates):
+    end = min(end, config.num_train_steps)
+    total += rate * max(0, end - start)
+    start = end
+  v0 = math.log(math.e - 1.0)  # softplus(v0) = 1.
+  return math.log1p(math.exp(v0 + total)) ** 2
