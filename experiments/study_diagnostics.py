@@ -7,11 +7,12 @@
   distribution (its enumerated gradings): the information a perfect model's
   latents must carry; a posterior whose KL to the prior is far above it has
   not been pulled onto the prior.
-* `geco_lambda_bound`: the largest lambda GECO can reach in a run. The
-  Lagrange parameter `v` (`lambda = softplus(v)^2`, `lambda_0 = 1`) is
-  trained by the same Adam as the weights; Adam's step is at most about the
-  learning rate whatever the size of the constraint, so after `T` steps
-  `v <= v_0 + sum_t lr_t`.
+* `geco_lambda_at_lr_rate`: about the largest lambda GECO can reach in a
+  run. The Lagrange parameter `v` (`lambda = softplus(v)^2`, `lambda_0 = 1`)
+  is trained by the same Adam as the weights, whose step is about the
+  learning rate whatever the size of the constraint: `v` rises by at most
+  about `sum_t lr_t` (exactly that for a gradient of constant size; a little
+  more when the gradient grows, as `d lambda / d v` does with `v`).
 """
 import json
 import math
@@ -79,12 +80,10 @@ def answer_entropy_nats(mode_probs: Sequence[np.ndarray]) -> Dict[str, float]:
           'num_images': len(entropies)}
 
 
-def geco_lambda_bound(config: ml_collections.ConfigDict) -> float:
-  """Largest lambda reachable in `config.num_train_steps` Adam steps.
-
-  `v` starts at `softplus^-1(1)` and moves by at most ~`lr_t` per step
-  (Adam's normalised update); the bound is `softplus(v_0 + sum_t lr_t)^2`.
-  """
+def geco_lambda_at_lr_rate(config: ml_collections.ConfigDict) -> float:
+  """Lambda after `config.num_train_steps` if `v` rose by the learning
+  rate at every step: `softplus(v_0 + sum_t lr_t)^2`, `softplus(v_0) = 1`
+  (Adam's step for an ascent gradient of constant size)."""
   boundaries = list(config.optimizer.boundaries)
   rates = list(config.optimizer.learning_rates)
   total, start = 0.0, 0

@@ -144,11 +144,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   for figure in lesions['figures'] + cells['figures']:
     assert (tmp_path / 'results' / figure).stat().st_size > 1000
   assert 'figures/synthetic_lesions_per_level.png' in lesions['figures']
-  # Diagnostics: the training end state, GECO's reachable lambda (GECO
+  # Diagnostics: the training end state, GECO's lambda at full rate (GECO
   # variants only) and the answer entropy (lesions only).
   end = lesions['hpunet']['training_end']
   assert end['step'] == 3 and 0 < end['lambda'] and 'kl_0' in end
-  assert set(lesions['diagnostics']['geco_lambda_bound']) == {'hpunet'}
+  assert set(lesions['diagnostics']['geco_lambda_at_lr_rate']) == {'hpunet'}
   assert lesions['diagnostics']['answer_entropy_nats']['mean'] > 0
   assert 'answer_entropy_nats' not in cells['diagnostics']
 

@@ -54,21 +54,21 @@ def _config(boundaries, rates, steps):
       optimizer=dict(boundaries=boundaries, learning_rates=rates)))
 
 
-def test_geco_lambda_bound_by_hand():
+def test_geco_lambda_at_lr_rate_by_hand():
   softplus = lambda x: math.log1p(math.exp(x))
   v0 = math.log(math.e - 1)
-  bound = study_diagnostics.geco_lambda_bound(
+  bound = study_diagnostics.geco_lambda_at_lr_rate(
       _config((700,), (5e-4, 1e-4), 1000))
   assert bound == pytest.approx(softplus(v0 + 700 * 5e-4 + 300 * 1e-4)**2)
   # Stopping before the drop.
-  early = study_diagnostics.geco_lambda_bound(_config((700,), (5e-4, 1e-4),
+  early = study_diagnostics.geco_lambda_at_lr_rate(_config((700,), (5e-4, 1e-4),
                                                       500))
   assert early == pytest.approx(softplus(v0 + 500 * 5e-4)**2)
 
 
-def test_adam_on_a_steady_constraint_stays_under_the_bound():
-  """Ascending v with Adam on a constant violated constraint, as GECO does,
-  reaches the bound's lambda and not more."""
+def test_adam_on_a_steady_gradient_rises_at_the_learning_rate():
+  """Ascending v with Adam on a gradient of constant size (as GECO's with a
+  constant constraint, were d lambda / d v constant) reaches that lambda."""
   schedule = optax.piecewise_constant_schedule(5e-4, {70: 0.2})
   adam = optax.adam(schedule)
   v = np.float32(math.log(math.e - 1))
@@ -78,6 +78,6 @@ def test_adam_on_a_steady_constraint_stays_under_the_bound():
     updates, state = adam.update(grad, state)
     v = optax.apply_updates(v, updates)
   reached = math.log1p(math.exp(float(v)))**2
-  bound = study_diagnostics.geco_lambda_bound(_config((70,), (5e-4, 1e-4),
+  bound = study_diagnostics.geco_lambda_at_lr_rate(_config((70,), (5e-4, 1e-4),
                                                       100))
   assert reached == pytest.approx(bound, rel=1e-3)
