@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from experiments import study_analysis
 from experiments import xla_options
 
 
@@ -73,22 +74,11 @@ def parse_args(description: str, extra: Optional[Callable] = None
   return parser.parse_args()
 
 
-def _cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
-
-
 def machine_info() -> Dict[str, Any]:
   """CPU model, cores, memory, JAX versions, backend and the current load."""
   device = jax.devices()[0]
   return {
-      'cpu_model': _cpu_model(),
+      'cpu_model': study_analysis.cpu_model(),
       'num_cores': os.cpu_count(),
       'usable_cores': len(os.sched_getaffinity(0)),
       'memory_gib': round(os.sysconf('SC_PAGE_SIZE') *

@@ -221,18 +221,21 @@ def pool_summaries(summaries: Sequence[Mapping[str, float]]
   return pooled
 
 
-def machine_info() -> Dict[str, Any]:
-  """CPU model, core count, platform and JAX devices of this machine."""
-  cpu_model = platform.processor() or 'unknown'
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
         if line.startswith('model name'):
-          cpu_model = line.split(':', 1)[1].strip()
-          break
-  except OSError:
+          return line.split(':', 1)[1].strip()
+  except OSError:  # Not Linux: fall back below.
     pass
-  return {'cpu_model': cpu_model, 'cpu_cores': os.cpu_count(),
+  return platform.processor() or 'unknown'
+
+
+def machine_info() -> Dict[str, Any]:
+  """CPU model, core count, platform and JAX devices of this machine."""
+  return {'cpu_model': cpu_model(), 'cpu_cores': os.cpu_count(),
           'platform': platform.platform(),
           'jax_devices': [str(d) for d in jax.devices()],
           'jax_version': jax.__version__}
