@@ -22,7 +22,7 @@ import jaxlib
 import numpy as np
 
 from experiments import study_analysis
-from experiments import xla_options
+from hpunet_jax.runtime import xla_options
 
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),

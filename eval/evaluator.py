@@ -38,7 +38,7 @@ from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
 from eval import task_scores
-from experiments import xla_options
+from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 
 LESION_TASKS = ('synthetic_lesions', 'lidc_crops')

@@ -31,7 +31,7 @@ import jax
 from matplotlib import figure as mpl_figure
 import numpy as np
 
-from experiments import metric_writers
+from hpunet_jax.runtime import metric_writers
 
 # Background (label 0) and padding colours of categorical label maps, RGB.
 BACKGROUND_COLOUR = (0.0, 0.0, 0.0)

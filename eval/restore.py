@@ -4,7 +4,7 @@ from typing import Any, NamedTuple, Optional
 
 import ml_collections
 
-from experiments import checkpointing
+from hpunet_jax.runtime import checkpointing
 from hpunet_jax import models
 
 

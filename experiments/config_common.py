@@ -87,7 +87,7 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
   # Persistent XLA compilation cache; '' = ~/.cache/hpunet_jax/jax.
   config.compilation_cache_dir = ''
   # On CPU, compile the train step and the evaluator's sampling with
-  # convolutions on XLA's Eigen kernels (experiments/xla_options.py): 27 %
+  # convolutions on XLA's Eigen kernels (hpunet_jax/runtime/xla_options.py): 27 %
   # faster at 128x128, neutral at 64x64. Ignored where unsupported.
   config.xla_cpu_eigen_conv = True
   # The task file sets the rest: model_type ('hpunet' | 'spunet'), model

@@ -24,10 +24,10 @@ import optax
 from datasets import augment
 from datasets import masking
 from datasets import pipeline
-from experiments import checkpointing
-from experiments import metric_writers
+from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import metric_writers
 from experiments import sharding
-from experiments import xla_options
+from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 from hpunet_jax import objective
 

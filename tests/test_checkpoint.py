@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import checkpointing
+from hpunet_jax.runtime import checkpointing
 from experiments import sharding
 from experiments import train_lib
 

@@ -17,10 +17,10 @@ import tifffile
 
 from datasets import pipeline
 from datasets import tfds_utils
-from experiments import checkpointing
+from hpunet_jax.runtime import checkpointing
 from experiments import cityscapes
 from experiments import lidc
-from experiments import metric_writers
+from hpunet_jax.runtime import metric_writers
 from experiments import snemi3d
 from experiments import synthetic_cells
 from experiments import synthetic_lesions

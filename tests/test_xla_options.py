@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import xla_options
+from hpunet_jax.runtime import xla_options
 
 
 @pytest.fixture(autouse=True)
