@@ -77,7 +77,8 @@ LIDC_V1_SIZE = 128
 LIDC_V1_LAYOUT = {
     '1.3.6.1.4.1.14519.5.2.1.6279.6001.101': [(True, True, True, True),
                                               (True, False, True, False)],
-    '1.3.6.1.4.1.14519.5.2.1.6279.6001.102': [(True, True, True, True)],
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.102': [(True, True, True, True),
+                                              (False, False, True, False)],
     '1.3.6.1.4.1.14519.5.2.1.6279.6001.103': [(False, False, False, False)],
     '1.3.6.1.4.1.14519.5.2.1.6279.6001.104': [(False, True, False, False),
                                               (True, True, True, True)],

@@ -48,7 +48,7 @@ def test_pickle_examples_match_and_split_by_series(pickle_build):
   # 5 series at 60/20/20 -> 3/1/1 series.
   series_counts = {s: sum(1 for v in seen.values() if s in v) for s in _SPLITS}
   assert series_counts == {'train': 3, 'validation': 1, 'test': 1}
-  assert sum(builder.info.splits[s].num_examples for s in _SPLITS) == 7
+  assert sum(builder.info.splits[s].num_examples for s in _SPLITS) == 8
 
 
 def test_split_is_seeded_and_recorded(pickle_build):
