@@ -199,6 +199,13 @@ def test_no_raw_file(tmp_path):
                r'raw: expected one \*.hdf5 file', config='hdf5_groups')
 
 
+def test_pickle_config_on_an_hdf5_names_the_right_config(tmp_path):
+  fixtures.write_lidc_v1_hdf5(tmp_path / 'raw')
+  _build_fails(tmp_path / 'raw', tmp_path / 'data',
+               r"no \*.pickle file .*found \['data_lidc.hdf5'\]: build the "
+               r'config hdf5 or hdf5_groups')
+
+
 def test_hdf5_without_a_group(tmp_path):
   import h5py  # pylint: disable=g-import-not-at-top
   fixtures.write_lidc_v1_hdf5(tmp_path / 'raw')

@@ -104,8 +104,11 @@ def pickle_files(root: pathlib.Path) -> list[pathlib.Path]:
   """The `*.pickle` files of `root`, sorted; raises if there is none."""
   files = sorted(root.glob('*.pickle'))
   if not files:
+    hdf5 = sorted(p.name for p in root.glob('*.h*5'))
+    hint = (f'; found {hdf5}: build the config hdf5 or hdf5_groups'
+            if hdf5 else '')
     raise _errors().RawDataError(f'{root}: no *.pickle file (the LIDC v1 '
-                                 'release, e.g. data_lidc.pickle)')
+                                 f'release, e.g. data_lidc.pickle){hint}')
   return files
 
 
