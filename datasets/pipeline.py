@@ -9,7 +9,8 @@ produced. `eval_examples` walks a split in stored order, one dict per image.
 `data_config` (an `ml_collections.ConfigDict` or a dict) keys read here:
 
   name: data set, a folder of `datasets/`: 'synthetic_lesions',
-    'synthetic_cells', 'lidc_crops', 'snemi3d' or 'cityscapes_cars'.
+    'synthetic_cells', 'lidc_crops', 'lidc_v1', 'snemi3d' or
+    'cityscapes_cars'.
   builder_config: TFDS builder config name, or None for the builder's default.
   data_dir: TFDS data directory, or None for the TFDS default.
   manual_dir: folder with the raw files of a real data set (None for the
@@ -109,6 +110,10 @@ _TASKS = {
     'lidc_crops': _Task(
         train_operations=lambda c: [preprocess.DrawGrader()],
         eval_example=preprocess.lidc_eval_example,
+        num_classes=lambda c: 2),
+    'lidc_v1': _Task(
+        train_operations=lambda c: [preprocess.DrawGrader()],
+        eval_example=preprocess.lidc_v1_eval_example,
         num_classes=lambda c: 2),
     'synthetic_cells': _instance_task('synthetic_cells'),
     'snemi3d': _instance_task('snemi3d'),
@@ -223,6 +228,7 @@ def eval_examples(data_config, split: str, *,
   always; synthetic_lesions adds `graders` int32 `[G, H, W]`, `modes` int32
   `[M, H, W]`, `mode_probs` float64 `[M]`, `lesion_params` and `index`;
   lidc_crops (centre 128x128 crop) adds `graders`, `subset_b`, `patient_id`;
+  lidc_v1 (128x128 as stored) adds `graders`, `subset_b`, `series_uid`;
   synthetic_cells / snemi3d add `instances` int32 `[H, W]`; cityscapes_cars
   adds `instances` (cars) and `train_ids` int32 `[H, W]` (255 = ignore).
 

@@ -28,8 +28,12 @@ LIDC_EVAL_CROP = 128
 
 
 def image_to_float(image: np.ndarray) -> np.ndarray:
-  """uint8 `[H, W, C]` -> float32 `[H, W, C]` in [0, 1]."""
-  return np.asarray(image, np.float32) / 255.0
+  """uint8 `[H, W, C]` -> float32 `[H, W, C]` in [0, 1]; images stored as
+  floats in [0, 1] (lidc_v1) are only cast to float32."""
+  image = np.asarray(image)
+  if np.issubdtype(image.dtype, np.floating):
+    return image.astype(np.float32)
+  return image.astype(np.float32) / 255.0
 
 
 def _full_mask(image: np.ndarray) -> np.ndarray:
@@ -190,6 +194,19 @@ def lidc_eval_example(record) -> dict:
           'graders': (graders > 0).astype(np.int32),
           'mask': _full_mask(image),
           'subset_b': bool(record['subset_b']), 'patient_id': patient_id}
+
+
+def lidc_v1_eval_example(record) -> dict:
+  """LIDC v1 (128x128, no crop): `image`, `graders` (0/1), `mask`,
+  `subset_b`, `series_uid` (str)."""
+  series_uid = record['series_uid']
+  if isinstance(series_uid, bytes):
+    series_uid = series_uid.decode('utf-8')
+  image = np.asarray(record['image'])
+  return {'image': image_to_float(image),
+          'graders': (np.asarray(record['graders']) > 0).astype(np.int32),
+          'mask': _full_mask(image),
+          'subset_b': bool(record['subset_b']), 'series_uid': series_uid}
 
 
 def instances_eval_example(record) -> dict:

@@ -8,9 +8,12 @@ summarised with the bootstrap of `eval.bootstrap` (mean and the std of 1000
 resampled means).
 
 Tasks (from `config.data.name`):
-- lesions (`synthetic_lesions`, `lidc_crops`): `iou_rec` over all graders,
-  `ged_16`, `ged_<N>` (GED^2 with self pairs, as the usual code),
-  `hm_iou` (16 samples), `hm_iou_subset_b` (LIDC); with the exact
+- lesions (`synthetic_lesions`, `lidc_crops`, `lidc_v1`): `iou_rec` over all
+  graders, `ged_16`, `ged_<N>` (GED^2 with self pairs, as the usual code),
+  `hm_iou` (16 samples), `hm_iou_subset_b` (LIDC), and the other papers'
+  `diversity_16`, `diversity_<N>`, `ncc`, `ece` (`eval.field_metrics`),
+  under the protocol of `config.eval` (`task_scores.LesionProtocol`, written
+  into the summary as `protocol`); with the exact
   distribution (synthetic): `exact_ged` (N samples), `exact_hm_iou` (16
   samples) and an `oracle` row of samples drawn from the true distribution.
 - instances (`synthetic_cells`, `snemi3d`): `iou_rec`, `rand_error` of the
@@ -41,7 +44,7 @@ from eval import task_scores
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 
-LESION_TASKS = ('synthetic_lesions', 'lidc_crops')
+LESION_TASKS = ('synthetic_lesions', 'lidc_crops', 'lidc_v1')
 INSTANCE_TASKS = ('synthetic_cells', 'snemi3d')
 CITYSCAPES = 'cityscapes_cars'
 # Samples decoded at once (bounds the memory of [chunk, B, H, W, K] logits).
@@ -97,7 +100,7 @@ def _summarise(per_image: Dict[str, List[float]], num_resamples: int,
 
 
 def sample_labels(model, params, rng, images, num_samples: int,
-                  foreground_classes=()):
+                  foreground_classes=(), per_sample_foreground=False):
   """Encoder-once sampling reduced on the device.
 
   Args:
@@ -107,10 +110,12 @@ def sample_labels(model, params, rng, images, num_samples: int,
     images: `[B, H, W, C]`.
     num_samples: N (static).
     foreground_classes: classes whose softmax is summed (static tuple).
+    per_sample_foreground: return the summed foreground softmax of every
+      sample, `[N, B, H, W]`, instead of its mean (static).
 
   Returns:
     labels int32 `[N, B, H, W]` and the mean over samples of the summed
-    foreground softmax, `[B, H, W]`.
+    foreground softmax, `[B, H, W]` (or per sample, see above).
   """
   encoding = model.encode(params, images)
   keys = jax.random.split(rng, num_samples)
@@ -123,7 +128,21 @@ def sample_labels(model, params, rng, images, num_samples: int,
 
   labels, foreground = jax.lax.map(one_sample, keys,
                                    batch_size=min(SAMPLE_CHUNK, num_samples))
+  if per_sample_foreground:
+    return labels, foreground
   return labels, jnp.mean(foreground, axis=0)
+
+
+def lesion_protocol(eval_config) -> task_scores.LesionProtocol:
+  """`config.eval`'s protocol fields; configs saved before they existed
+  get the HPU-Net paper's conventions (what they were evaluated with)."""
+  paper = task_scores.PAPER_PROTOCOL
+  return task_scores.LesionProtocol(
+      few_samples=eval_config.get('few_samples', paper.few_samples),
+      hm_iou_convention=eval_config.get('hm_iou_convention',
+                                        paper.hm_iou_convention),
+      ged_self_pairs=eval_config.get('ged_self_pairs',
+                                     paper.ged_self_pairs)).check()
 
 
 class Evaluator:
@@ -132,7 +151,8 @@ class Evaluator:
   Config keys read (`config.eval`): `batch_size`, `num_samples` (largest
   sample count), `num_resamples` (bootstrap), `num_examples` (None = the
   whole split), `num_figure_examples`, `cluster_alpha`,
-  `cluster_no_neighbour`; and `config.data.num_instance_ids` /
+  `cluster_no_neighbour`, and for lesions `few_samples`,
+  `hm_iou_convention`, `ged_self_pairs` (see `lesion_protocol`); and `config.data.num_instance_ids` /
   `config.data.num_car_ids` for the instance tasks.
   """
 
@@ -145,11 +165,17 @@ class Evaluator:
     foreground = ()
     if self.task == CITYSCAPES:
       foreground = task_scores.car_classes(config.data.num_car_ids)
+    # Lesions: each sample's class-1 softmax, for PHiSeg's NCC.
+    per_sample = self.task in LESION_TASKS
+    if per_sample:
+      foreground = (1,)
+    self.protocol = lesion_protocol(config.eval)
     # Configs saved before the option existed lack it: compile as they did.
     jit_kwargs = xla_options.jit_kwargs(config.get('xla_cpu_eigen_conv',
                                                    False))
     self._sample = jax.jit(functools.partial(
-        sample_labels, model, foreground_classes=foreground),
+        sample_labels, model, foreground_classes=foreground,
+        per_sample_foreground=per_sample),
                            static_argnums=3, **jit_kwargs)
     self._mask = None
     if config.get('masking', None):
@@ -213,8 +239,9 @@ class Evaluator:
               cluster_alpha=eval_config.cluster_alpha,
               cluster_no_neighbour=eval_config.cluster_no_neighbour)
         elif self.task in LESION_TASKS:
-          scores = task_scores.score_lesions(example, labels[:, i],
-                                             reconstruct, np_rng)
+          scores = task_scores.score_lesions(
+              example, labels[:, i], reconstruct, np_rng, self.protocol,
+              sample_foreground=foreground[:, i])
         elif self.task in INSTANCE_TASKS:
           scores = task_scores.score_instances(
               example, labels[:, i], reconstruct, np_rng,
@@ -239,6 +266,11 @@ class Evaluator:
     summary = _summarise(per_image, eval_config.num_resamples, rng_seed)
     summary['num_images'] = len(next(iter(per_image.values())))
     summary['num_samples'] = num_samples
+    if self.task in LESION_TASKS:
+      summary['protocol'] = dict(
+          self.protocol._asdict(), num_samples=num_samples,
+          num_examples=eval_config.num_examples, split=split,
+          data=self.task, builder_config=self.config.data.builder_config)
     if ap is not None:
       summary.update(ap.result())
     if oracle:

@@ -1,7 +1,9 @@
 r"""Offline evaluation of a trained run: metrics.json, a table and figures.
 
   python -m eval.run_metrics --workdir=/tmp/lesions [--split=test] \
-      [--num_samples=100] [--config=experiments/synthetic_lesions.py]
+      [--num_samples=100] [--config=experiments/synthetic_lesions.py] \
+      [--num_examples=500] [--few_samples=16] [--hm_iou_convention=lcm] \
+      [--ged_self_pairs]
 
 Restores the newest checkpoint in `<workdir>/checkpoints` (the config saved
 with it unless `--config` is given), samples with encoder-once sampling and
@@ -31,6 +33,17 @@ _NUM_SAMPLES = flags.DEFINE_integer(
     'and at this many); default config.eval.num_samples.')
 _NUM_EXAMPLES = flags.DEFINE_integer(
     'num_examples', None, 'Evaluate only the first N images of the split.')
+# Protocol options of the lesion tasks (README, "How the published LIDC
+# numbers were computed"); written into metrics.json as `protocol`.
+_FEW_SAMPLES = flags.DEFINE_integer(
+    'few_samples', None, 'Samples for HM-IoU and the "few" GED^2 / diversity; '
+    'default config.eval.few_samples (16).')
+_HM_IOU_CONVENTION = flags.DEFINE_enum(
+    'hm_iou_convention', None, ['lcm', 'repeat_gt'],
+    'HM-IoU duplication: lcm (HPU-Net paper) or repeat_gt (MoSE, CAR).')
+_GED_SELF_PAIRS = flags.DEFINE_bool(
+    'ged_self_pairs', None, 'GED^2 / diversity within-set means include the '
+    'i == j pairs (default config.eval.ged_self_pairs, True).')
 
 
 def main(argv):
@@ -42,6 +55,11 @@ def main(argv):
   config = run.config
   if _NUM_EXAMPLES.value is not None:
     config.eval.num_examples = _NUM_EXAMPLES.value
+  for name, flag in (('few_samples', _FEW_SAMPLES),
+                     ('hm_iou_convention', _HM_IOU_CONVENTION),
+                     ('ged_self_pairs', _GED_SELF_PAIRS)):
+    if flag.value is not None:
+      config.eval[name] = flag.value  # Adds it to configs saved before.
   split = _SPLIT.value or config.eval.split
   print(f'Evaluating checkpoint step {run.step} of {_WORKDIR.value} on '
         f'{config.data.name}:{split}.')

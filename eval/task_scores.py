@@ -7,37 +7,82 @@ callable, and returns `(values, oracle_values, arrays)`: per-image metric
 values, the same metrics for samples of the true distribution where it is
 known, and arrays for the figures.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
 import numpy as np
 
 from datasets import preprocess
 from eval import clustering
+from eval import field_metrics
 from eval import metrics
 
 Scores = Tuple[Dict[str, float], Dict[str, float], Dict[str, np.ndarray]]
 
 # The paper's HM-IoU and the GED "at 16 samples" use this many samples.
 FEW_SAMPLES = 16
+HM_IOU_CONVENTIONS = ('lcm', 'repeat_gt')
+
+
+class LesionProtocol(NamedTuple):
+  """How the lesion tasks' distribution metrics are computed.
+
+  The defaults are the HPU-Net paper's (README, "How the published LIDC
+  numbers were computed", gives the other papers' and their flags).
+
+  Attributes:
+    few_samples: GED^2 "at few", the diversity at few and the HM-IoU use the
+      first this many samples (the rest: all samples).
+    hm_iou_convention: 'lcm' (both sets duplicated to their least common
+      multiple, the HPU-Net paper) or 'repeat_gt' (the ground truths
+      repeated N / M times, MoSE and CAR; needs M | N, and then equal).
+    ged_self_pairs: whether GED^2's and the diversity's within-set means
+      include the i == j pairs (True: as every published code does).
+  """
+  few_samples: int = FEW_SAMPLES
+  hm_iou_convention: str = 'lcm'
+  ged_self_pairs: bool = True
+
+  def check(self) -> 'LesionProtocol':
+    if self.hm_iou_convention not in HM_IOU_CONVENTIONS:
+      raise ValueError(f'hm_iou_convention must be one of '
+                       f'{HM_IOU_CONVENTIONS}, got {self.hm_iou_convention!r}')
+    if self.few_samples < 1:
+      raise ValueError(f'few_samples must be >= 1, got {self.few_samples}')
+    return self
+
+
+PAPER_PROTOCOL = LesionProtocol()
+
+
+def _hm_iou(samples, graders, convention: str) -> float:
+  if convention == 'repeat_gt':
+    return field_metrics.hungarian_matched_iou_repeat_gt(samples, graders)
+  return metrics.hungarian_matched_iou(samples, graders)
 
 
 def _distribution_scores(samples: np.ndarray, graders: np.ndarray,
-                         modes=None, mode_probs=None) -> Dict[str, float]:
-  """GED^2 at 16 and at all samples, HM-IoU at 16, and against known modes.
+                         protocol: LesionProtocol, modes=None,
+                         mode_probs=None) -> Dict[str, float]:
+  """GED^2 and diversity at few and at all samples, HM-IoU at few, and
+  against known modes.
 
   Args:
     samples: bool `[N, H, W]` foreground of the model's (or oracle's) samples.
     graders: bool `[G, H, W]`.
+    protocol: see `LesionProtocol`.
     modes: optional bool `[M, H, W]` of the exact distribution.
     mode_probs: float `[M]`.
   """
-  few = samples[:FEW_SAMPLES]
-  values = {
-      f'ged_{len(few)}': metrics.generalized_energy_distance(few, graders),
-      f'ged_{len(samples)}': metrics.generalized_energy_distance(samples,
-                                                                 graders),
-      'hm_iou': metrics.hungarian_matched_iou(few, graders),
-  }
+  few = samples[:protocol.few_samples]
+  self_pairs = protocol.ged_self_pairs
+  values = {}
+  for subset in (few, samples):
+    values[f'ged_{len(subset)}'] = metrics.generalized_energy_distance(
+        subset, graders, include_self_pairs=self_pairs)
+    if len(subset) > 1 or self_pairs:
+      values[f'diversity_{len(subset)}'] = field_metrics.sample_diversity(
+          subset, include_self_pairs=self_pairs)
+  values['hm_iou'] = _hm_iou(few, graders, protocol.hm_iou_convention)
   if modes is not None:
     values['exact_ged'] = metrics.weighted_generalized_energy_distance(
         samples, None, modes, mode_probs)
@@ -47,11 +92,17 @@ def _distribution_scores(samples: np.ndarray, graders: np.ndarray,
 
 
 def score_lesions(example: dict, sample_labels: np.ndarray,
-                  reconstruct: Callable, rng: np.random.Generator) -> Scores:
+                  reconstruct: Callable, rng: np.random.Generator,
+                  protocol: LesionProtocol = PAPER_PROTOCOL,
+                  sample_foreground: np.ndarray = None) -> Scores:
   """Binary lesion tasks (synthetic lesions, LIDC); foreground = class 1.
 
   `iou_rec` averages the posterior-mean reconstruction IoU over all graders
-  (paper Appx. C); both-empty counts as IoU 1 (Appx. B.2).
+  (paper Appx. C); both-empty counts as IoU 1 (Appx. B.2). Also the other
+  papers' metrics (`eval.field_metrics`): `diversity_<n>`, `ece` (the
+  samples' foreground fraction against the graders' mean, all samples) and,
+  given `sample_foreground` (float `[N, H, W]`, each sample's foreground
+  softmax), PHiSeg's `ncc` over all samples.
   """
   graders = np.asarray(example['graders']) > 0  # [G, H, W]
   images = np.repeat(example['image'][None], len(graders), axis=0)
@@ -63,14 +114,22 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
   if 'modes' in example:
     modes = np.asarray(example['modes']) > 0
     probs = np.asarray(example['mode_probs'], np.float64)
-  values.update(_distribution_scores(samples, graders, modes, probs))
+  values.update(_distribution_scores(samples, graders, protocol, modes, probs))
+  values['ece'] = field_metrics.pixel_ece(samples.mean(axis=0),
+                                          graders.mean(axis=0))
+  if sample_foreground is not None:
+    values['ncc'] = field_metrics.variance_ncc(
+        field_metrics.binary_class_probabilities(sample_foreground),
+        graders.astype(np.int64))
+  few_key = f'ged_{min(protocol.few_samples, len(samples))}'
   if example.get('subset_b', False):
     values['hm_iou_subset_b'] = values['hm_iou']
-    values['ged_16_subset_b'] = values.get('ged_16', np.nan)
+    values[f'{few_key}_subset_b'] = values[few_key]
   oracle_values = {}
   if modes is not None:
     oracle = modes[rng.choice(len(probs), size=len(samples), p=probs)]
-    oracle_values = _distribution_scores(oracle, graders, modes, probs)
+    oracle_values = _distribution_scores(oracle, graders, protocol, modes,
+                                         probs)
   arrays = dict(image=example['image'], graders=graders, recon=recon,
                 samples=samples[:FEW_SAMPLES])
   return values, oracle_values, arrays

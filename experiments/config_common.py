@@ -261,4 +261,15 @@ def eval_config(num_samples: int, *, cluster_alpha: int = 16,
       # Instance clustering: what an eroded-away pixel with no valid
       # neighbour becomes ('keep' its id, or 'background').
       cluster_no_neighbour=cluster_no_neighbour,
+      # Lesion tasks' protocol (eval.task_scores.LesionProtocol; README, "How
+      # the published LIDC numbers were computed"). GED^2 and diversity are
+      # reported at few_samples and at num_samples, HM-IoU at few_samples.
+      few_samples=16,  # The HPU-Net paper's 16.
+      # HM-IoU matching: 'lcm' (both sets duplicated to their least common
+      # multiple, HPU-Net paper) or 'repeat_gt' (ground truths repeated
+      # N / M times, MoSE / CAR; needs M | N, and then gives the same value).
+      hm_iou_convention='lcm',
+      # GED^2 / diversity within-set means over all N^2 pairs (True, as all
+      # published code) or only the N (N - 1) pairs i != j (False).
+      ged_self_pairs=True,
   ))

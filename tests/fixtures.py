@@ -70,6 +70,99 @@ def write_lidc(root) -> dict[str, dict[str, dict[str, np.ndarray]]]:
   return written
 
 
+# --- LIDC v1 (128x128 pickle / PHiSeg HDF5) -------------------------------------
+
+LIDC_V1_SIZE = 128
+# series uid -> per slice, which of the 4 graders draw a lesion.
+LIDC_V1_LAYOUT = {
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.101': [(True, True, True, True),
+                                              (True, False, True, False)],
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.102': [(True, True, True, True),
+                                              (False, False, True, False)],
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.103': [(False, False, False, False)],
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.104': [(False, True, False, False),
+                                              (True, True, True, True)],
+    '1.3.6.1.4.1.14519.5.2.1.6279.6001.105': [(True, True, False, True)],
+}
+# PHiSeg's HDF5 groups: series (by position in LIDC_V1_LAYOUT) per group.
+LIDC_V1_HDF5_GROUPS = {'train': (0, 1, 2), 'val': (3,), 'test': (4,)}
+
+
+def lidc_v1_slices() -> dict[str, dict]:
+  """{pickle key: {'image': float32 [128, 128] in [0, 1], 'masks': 4 uint8
+  [128, 128] in {0, 1}, 'series_uid': str}}, as in the release's pickle."""
+  rng = np.random.default_rng(3)
+  slices = {}
+  for s, (uid, lesions) in enumerate(LIDC_V1_LAYOUT.items()):
+    for z, lesion_by_grader in enumerate(lesions):
+      ramp = np.add.outer(np.arange(LIDC_V1_SIZE), np.arange(LIDC_V1_SIZE))
+      image = (ramp / ramp.max() * 0.9 + rng.uniform(0, 0.1, ramp.shape))
+      masks = []
+      for g, has_lesion in enumerate(lesion_by_grader):
+        mask = np.zeros((LIDC_V1_SIZE, LIDC_V1_SIZE), np.uint8)
+        if has_lesion:  # Graders disagree on the lesion's extent.
+          mask[50:60 + 4 * g, 48:70] = 1
+        masks.append(mask)
+      slices[f'series{s}_slice{z}'] = {'image': image.astype(np.float32),
+                                       'masks': masks, 'series_uid': uid}
+  return slices
+
+
+def write_lidc_v1_pickle(root, slices=None, num_files: int = 1):
+  """Writes the slices as `data_lidc.pickle` (or `num_files` parts).
+
+  Returns:
+    The slices written (see `lidc_v1_slices`).
+  """
+  import pickle  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  slices = lidc_v1_slices() if slices is None else slices
+  keys = list(slices)
+  for part in range(num_files):
+    name = 'data_lidc.pickle' if num_files == 1 else f'lidc_part{part}.pickle'
+    with open(root / name, 'wb') as f:
+      pickle.dump({k: slices[k] for k in keys[part::num_files]}, f)
+  return slices
+
+
+def write_lidc_v1_hdf5(root, labels_layout: str = 'phiseg'):
+  """Writes `data_lidc.hdf5` as PHiSeg's `lidc_data_loader.py` does.
+
+  Groups `train` / `val` / `test` with `images` float64 [N, 128, 128]
+  (image - 0.5), `labels` uint8 [N, 128, 128, 4] ('phiseg') or
+  [N, 4, 128, 128] ('ccdm', their copy without the transpose) and `uids`
+  int64 [N] (PHiSeg stores Python's `hash()` of the series uid).
+
+  Returns:
+    {'<group>/<index>': slice dict (see `lidc_v1_slices`) plus 'uid'}.
+  """
+  import h5py  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  slices = lidc_v1_slices()
+  series = list(LIDC_V1_LAYOUT)
+  written = {}
+  with h5py.File(root / 'data_lidc.hdf5', 'w') as f:
+    for group, members in LIDC_V1_HDF5_GROUPS.items():
+      chosen = [v for v in slices.values()
+                if series.index(v['series_uid']) in members]
+      labels = np.stack([np.stack(v['masks'], axis=-1) for v in chosen])
+      if labels_layout == 'ccdm':
+        labels = np.moveaxis(labels, -1, 1)
+      uids = np.asarray([zlib.crc32(v['series_uid'].encode())
+                         for v in chosen], np.int64)
+      g = f.create_group(group)
+      g.create_dataset('uids', data=uids)
+      g.create_dataset('labels', data=labels.astype(np.uint8))
+      g.create_dataset('images', data=np.stack(
+          [v['image'].astype(np.float64) - 0.5 for v in chosen]))
+      for i, v in enumerate(chosen):
+        written[f'{group}/{i:05d}'] = dict(v, uid=str(uids[i]))
+  return written
+
+
 # --- SNEMI3D ------------------------------------------------------------------
 
 SNEMI_SLICES = 4

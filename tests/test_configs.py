@@ -13,7 +13,7 @@ from experiments import config_common
 from experiments import train_lib
 from hpunet_jax import models
 
-TASKS = ('synthetic_lesions', 'synthetic_cells', 'lidc', 'snemi3d',
+TASKS = ('synthetic_lesions', 'synthetic_cells', 'lidc', 'lidc_v1', 'snemi3d',
          'cityscapes')
 REQUIRED_KEYS = ('seed', 'image_size', 'batch_size', 'num_train_steps',
                  'log_every_steps', 'checkpoint_every_steps', 'mesh_shape',
@@ -148,3 +148,15 @@ def test_learning_rate_schedule():
     train_lib.make_learning_rate_schedule((10,), (1.0,))
   with pytest.raises(ValueError, match='must increase'):
     train_lib.make_learning_rate_schedule((10, 5), (1.0, 0.5, 0.1))
+
+
+def test_lidc_v1_is_the_paper_lidc_setup_at_128_on_the_v1_data():
+  for variant in ('hpunet', 'spunet'):
+    config = _module('lidc_v1').get_config(variant)
+    paper = _module('lidc').get_config(variant)
+    assert config.data.name == 'lidc_v1'
+    assert config.data.builder_config == 'pickle'
+    assert config.image_size == (128, 128)
+    for key in ('model_type', 'model', 'loss', 'optimizer', 'augment', 'eval',
+                'batch_size', 'num_train_steps'):
+      assert config[key] == paper[key], key

@@ -54,7 +54,8 @@ def test_lesion_scores_perfect_reconstruction_and_true_samples():
   np.testing.assert_allclose(values['exact_hm_iou'], 1.0)
   # ...and the exact GED is 0 (self pairs included on both sides).
   np.testing.assert_allclose(values['exact_ged'], 0.0, atol=1e-12)
-  assert set(oracle) == {'ged_16', 'hm_iou', 'exact_ged', 'exact_hm_iou'}
+  assert set(oracle) == {'ged_16', 'diversity_16', 'hm_iou', 'exact_ged',
+                         'exact_hm_iou'}
   assert arrays['samples'].shape == (16, 8, 8)
 
 

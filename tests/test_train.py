@@ -20,6 +20,7 @@ from datasets import tfds_utils
 from hpunet_jax.runtime import checkpointing
 from experiments import cityscapes
 from experiments import lidc
+from experiments import lidc_v1
 from hpunet_jax.runtime import metric_writers
 from experiments import snemi3d
 from experiments import synthetic_cells
@@ -261,7 +262,7 @@ def _write_snemi3d(root):
 
 
 @pytest.mark.parametrize('task', ['synthetic_cells', 'lesions_spunet', 'lidc',
-                                  'snemi3d', 'cityscapes'])
+                                  'lidc_v1', 'snemi3d', 'cityscapes'])
 def test_every_task_trains(task, tmp_path, monkeypatch):
   manual_dir = tmp_path / 'raw'
   if task == 'synthetic_cells':
@@ -271,6 +272,9 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   elif task == 'lidc':
     config = lidc.get_config('tiny')
     fixtures.write_lidc(manual_dir)
+  elif task == 'lidc_v1':
+    config = lidc_v1.get_config('tiny')
+    fixtures.write_lidc_v1_pickle(manual_dir)
   elif task == 'snemi3d':
     config = snemi3d.get_config('tiny')
     _write_snemi3d(manual_dir)
@@ -299,6 +303,8 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   expected = {'lesions_spunet': {'iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
                                  'oracle'},
               'lidc': {'iou_rec', 'ged_4', 'hm_iou'},
+              'lidc_v1': {'iou_rec', 'ged_4', 'hm_iou', 'diversity_4', 'ncc',
+                          'ece', 'protocol'},
               'synthetic_cells': {'iou_rec', 'rand_error'},
               'snemi3d': {'iou_rec', 'rand_error'},
               'cityscapes': {'iou_rec', 'rand_error', 'ap', 'ap50'}}[task]
