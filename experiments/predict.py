@@ -13,7 +13,9 @@ sees `config.image_size`; an image of another size is refused unless
 `--resize=crop` (centre crop) or `--resize=pad` (centred zero padding) says
 how to fit it.
 
-Writes into `--out`:
+Writes into `--out`, a new or empty folder or one holding only the files of an
+earlier prediction (those are removed first, with a message; any other file
+makes it refuse):
   sample_XX.png         uint8 class ids per pixel (padding = 255).
   sample_XX_colour.png  the same, coloured (class 0 black, padding grey).
   mean_std.png          mean prediction and per-pixel std: binary models the
@@ -26,6 +28,7 @@ Writes into `--out`:
   contact_sheet.png     image, samples, std and entropy together.
 """
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +46,7 @@ from PIL import Image
 from datasets import preprocess
 from eval import figures
 from eval import restore
+from hpunet_jax.runtime import checkpointing
 
 # Class id written on padded pixels of the sample_XX.png label maps.
 PADDING_LABEL = 255
@@ -50,6 +54,37 @@ PADDING_LABEL = 255
 
 class ImageError(ValueError):
   """The input image cannot be read or does not fit the model."""
+
+
+class OutputError(ValueError):
+  """`--out` or `--num_samples` cannot be used."""
+
+
+# Names `write_outputs` writes: only these may be cleared from `--out`.
+_OUTPUT_NAME = re.compile(
+    r'(sample_\d+(_colour)?\.png|mean_std\.png|std\.npy|mean_probs\.npy|'
+    r'entropy\.(png|npy)|contact_sheet\.png)$')
+
+
+def earlier_outputs(out_dir: str) -> List[str]:
+  """The files of an earlier prediction in `out_dir` (to be replaced).
+
+  Raises:
+    OutputError: `out_dir` is a file, or holds anything else.
+  """
+  if not os.path.exists(out_dir):
+    return []
+  if not os.path.isdir(out_dir):
+    raise OutputError(f'--out {out_dir} is a file; pass a folder.')
+  names = sorted(os.listdir(out_dir))
+  foreign = [n for n in names if not _OUTPUT_NAME.match(n) or
+             not os.path.isfile(os.path.join(out_dir, n))]
+  if foreign:
+    raise OutputError(
+        f'--out {out_dir} holds files predict did not write '
+        f'({", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}); '
+        'pass a new or empty folder.')
+  return [os.path.join(out_dir, n) for n in names]
 
 
 def read_image(path: str) -> np.ndarray:
@@ -328,10 +363,13 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   Raises:
     FileNotFoundError: missing image, or no checkpoint in `workdir`.
     ImageError: unreadable image, or a size `resize` cannot fix.
+    OutputError: `num_samples` < 1, or an `out_dir` that is a file or holds
+      other files than an earlier prediction's.
   """
   if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  raw = read_image(image_path)  # Before the (slow) restore: fail early.
+    raise OutputError(f'--num_samples must be >= 1, got {num_samples}.')
+  stale = earlier_outputs(out_dir)  # Before the (slow) restore: fail early.
+  raw = read_image(image_path)
   config, model, params, step = restore.restore_latest(workdir)
   num_channels = config.model.get('num_input_channels', None) or raw.shape[-1]
   try:
@@ -343,7 +381,13 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   sample = jax.jit(model.sample, static_argnums=3)
   logits = sample(params, jax.random.PRNGKey(seed), image[None], num_samples)
   probs = np.asarray(jax.nn.softmax(logits[:, 0], axis=-1))  # [N, H, W, K]
-  paths = write_outputs(out_dir, image, sample_statistics(probs), valid)
+  stats = sample_statistics(probs)
+  if stale:
+    print(f'Removing {len(stale)} files of an earlier prediction from '
+          f'{out_dir}.')
+    for path in stale:
+      os.remove(path)
+  paths = write_outputs(out_dir, image, stats, valid)
   print(f'{image_path}: {num_samples} samples from {workdir} (step {step}) '
         f'-> {out_dir}')
   return paths
@@ -372,7 +416,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     predict(values.workdir, values.image, values.num_samples, values.out,
             values.resize, values.seed)
-  except (FileNotFoundError, ImageError) as error:
+  except (FileNotFoundError, ImageError, OutputError,
+          checkpointing.CheckpointError) as error:
     # Expected user errors: one line, no traceback.
     sys.exit(f'predict: {error}')
 
