@@ -28,7 +28,6 @@ makes it refuse):
   contact_sheet.png     image, samples, std and entropy together.
 """
 import os
-import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -46,6 +45,7 @@ from PIL import Image
 from datasets import preprocess
 from eval import figures
 from eval import restore
+from experiments import output_folder
 from hpunet_jax.runtime import checkpointing
 
 # Class id written on padded pixels of the sample_XX.png label maps.
@@ -56,35 +56,8 @@ class ImageError(ValueError):
   """The input image cannot be read or does not fit the model."""
 
 
-class OutputError(ValueError):
-  """`--out` or `--num_samples` cannot be used."""
-
-
-# Names `write_outputs` writes: only these may be cleared from `--out`.
-_OUTPUT_NAME = re.compile(
-    r'(sample_\d+(_colour)?\.png|mean_std\.png|std\.npy|mean_probs\.npy|'
-    r'entropy\.(png|npy)|contact_sheet\.png)$')
-
-
-def earlier_outputs(out_dir: str) -> List[str]:
-  """The files of an earlier prediction in `out_dir` (to be replaced).
-
-  Raises:
-    OutputError: `out_dir` is a file, or holds anything else.
-  """
-  if not os.path.exists(out_dir):
-    return []
-  if not os.path.isdir(out_dir):
-    raise OutputError(f'--out {out_dir} is a file; pass a folder.')
-  names = sorted(os.listdir(out_dir))
-  foreign = [n for n in names if not _OUTPUT_NAME.match(n) or
-             not os.path.isfile(os.path.join(out_dir, n))]
-  if foreign:
-    raise OutputError(
-        f'--out {out_dir} holds files predict did not write '
-        f'({", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}); '
-        'pass a new or empty folder.')
-  return [os.path.join(out_dir, n) for n in names]
+# `--out` or `--num_samples` cannot be used (see `output_folder`).
+OutputError = output_folder.OutputError
 
 
 def read_image(path: str) -> np.ndarray:
@@ -368,7 +341,8 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   """
   if num_samples < 1:
     raise OutputError(f'--num_samples must be >= 1, got {num_samples}.')
-  stale = earlier_outputs(out_dir)  # Before the (slow) restore: fail early.
+  # Before the (slow) restore: fail early.
+  stale = output_folder.earlier_outputs(out_dir)
   raw = read_image(image_path)
   config, model, params, step = restore.restore_latest(workdir)
   num_channels = config.model.get('num_input_channels', None) or raw.shape[-1]
