@@ -94,10 +94,11 @@ def main(argv):
                jax.process_count(), jax.devices())
   try:
     train_lib.train_and_evaluate(config, _WORKDIR.value)
-  except (workdir_lock.WorkdirLockedError, checkpointing.CheckpointError,
+  except (workdir_lock.WorkdirError, checkpointing.CheckpointError,
           config_checks.ConfigError, train_lib.NonFiniteLossError) as e:
-    # Expected refusals (another trainer, damaged or drifted checkpoints,
-    # out-of-range settings) and the NaN stop: one line, no traceback.
+    # Expected refusals (another trainer, a file as workdir, damaged or
+    # drifted checkpoints, out-of-range settings) and the NaN stop: one
+    # line, no traceback.
     sys.exit(f'train: {e}')
 
 

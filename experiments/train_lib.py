@@ -285,7 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final train state.
 
   Raises:
-    WorkdirLockedError: another trainer runs in `workdir`.
+    WorkdirError: (`WorkdirLockedError`) another trainer runs in
+      `workdir`, or it is a file.
     CheckpointError: (`ConfigDriftError`, `NoReadableCheckpointError`) the
       checkpoints cannot be resumed with this config.
   """

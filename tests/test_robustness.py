@@ -324,3 +324,11 @@ def test_nan_before_the_first_checkpoint_promises_none(data_dir, tmp_path,
   assert not checkpointing.Checkpointer(
       str(tmp_path / 'checkpoints')).all_steps()
   assert run_record.read_finished(str(tmp_path)) is None
+
+
+def test_a_file_as_workdir_is_one_error(tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('')
+  with pytest.raises(workdir_lock.WorkdirError,
+                     match=f'workdir {path} is a file, not a folder'):
+    workdir_lock.WorkdirLock(str(path)).acquire()

@@ -25,7 +25,11 @@ from absl import logging
 LOCK_FILE = 'trainer.lock'
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirError(RuntimeError):
+  """The workdir cannot hold a run (a file, or not writable)."""
+
+
+class WorkdirLockedError(WorkdirError):
   """Another process trains in the same workdir."""
 
 
@@ -88,8 +92,15 @@ class WorkdirLock:
                     self.path, _holder_text(holder))
 
   def acquire(self) -> None:
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    workdir = os.path.dirname(self.path)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise WorkdirError(f'workdir {workdir} is a file, not a folder.')
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f'cannot write to workdir {workdir}: '
+                         f'{e.strerror}.') from None
     previous = self._read_holder()
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
