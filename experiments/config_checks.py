@@ -95,10 +95,12 @@ def unknown_override(argv: Sequence[str],
     flag: the config flag's name.
   """
   spec, overrides = None, []
-  for arg in argv[1:]:
+  for index, arg in enumerate(argv[1:], start=1):
     match = re.match(rf'--{flag}(\.[^=]+)?=(.*)$', arg)
     if match and match.group(1) is None:
       spec = match.group(2)
+    elif arg == f'--{flag}' and index + 1 < len(argv):
+      spec = argv[index + 1]  # `--config file.py` (absl accepts both).
     elif match or re.match(rf'--{flag}\.[^=]+$', arg):
       overrides.append(arg[len(f'--{flag}.'):].split('=', 1)[0])
   if spec is None or not overrides or not os.path.isfile(

@@ -281,6 +281,10 @@ def test_unknown_override_key_names_the_nearest_keys(tmp_path):
           "--config.loss.kapa: config.loss has no key 'kapa'; nearest keys: "
           'kappa.')
   assert config_checks.unknown_override(
+      ['train', '--config', config_file, '--config.loss.kapa', '1']) == (
+          "--config.loss.kapa: config.loss has no key 'kapa'; nearest keys: "
+          'kappa.')
+  assert config_checks.unknown_override(
       ['train', f'--config={config_file}', '--config.loss.kappa=1']) is None
   run = subprocess.run(
       [sys.executable, '-m', 'experiments.train', f'--config={config_file}',
