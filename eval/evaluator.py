@@ -41,6 +41,7 @@ from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
 from eval import task_scores
+from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 
@@ -303,9 +304,14 @@ def format_table(summary: Dict[str, Any]) -> str:
 
 
 def evaluate(config, params, model, split: str, num_samples: int,
-             workdir: str = None) -> Dict[str, Any]:
+             workdir: str = None, checkpoint_step: int = None
+             ) -> Dict[str, Any]:
   """Runs the evaluator, prints the table and, with a `workdir`, writes
   `<workdir>/eval/<split>/metrics.json` and the figures next to it.
+
+  metrics.json also records where the parameters came from:
+  `checkpoint_step` (the given step) and `config_hash`
+  (`run_record.config_hash` of `config`).
 
   Returns:
     The summary dict (the content of metrics.json).
@@ -315,6 +321,8 @@ def evaluate(config, params, model, split: str, num_samples: int,
   print(f'{config.data.name}:{split}, {result.metrics["num_images"]} images, '
         f'{num_samples} samples per image (mean ± bootstrap std):')
   print(format_table(result.metrics))
+  result.metrics.update(checkpoint_step=checkpoint_step,
+                        config_hash=run_record.config_hash(config))
   if workdir:
     out_dir = os.path.join(workdir, 'eval', split)
     os.makedirs(out_dir, exist_ok=True)

@@ -27,6 +27,7 @@ def restore_latest(workdir: str,
 
   Raises:
     FileNotFoundError: no checkpoint in `<workdir>/checkpoints`.
+    CheckpointError: every checkpoint is damaged.
   """
   directory = os.path.abspath(os.path.join(workdir,
                                            checkpointing.CHECKPOINT_DIR))
@@ -34,13 +35,22 @@ def restore_latest(workdir: str,
     raise FileNotFoundError(f'No checkpoints in {directory}: train first, or '
                             'pass the --workdir of a training run.')
   checkpointer = checkpointing.Checkpointer(directory, use_async=False)
+
+  def restore(at_step):
+    saved_config = (checkpointer.restore_config(at_step) if config is None
+                    else None)
+    return checkpointer.restore_saved_state(at_step), saved_config
+
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No complete checkpoint in {directory}.')
-    state = checkpointer.restore_saved_state(step)
+    if step is None:  # The newest that reads (damaged ones left in place).
+      found = checkpointer.restore_newest(restore, move_unreadable=False)
+      if found is None:
+        raise FileNotFoundError(f'No complete checkpoint in {directory}.')
+      step, (state, saved_config) = found
+    else:
+      state, saved_config = restore(step)
     if config is None:
-      config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+      config = ml_collections.ConfigDict(saved_config)
   finally:
     checkpointer.close()
   trainable = state['trainable'] if isinstance(state, dict) else state[1]

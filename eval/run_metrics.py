@@ -65,7 +65,7 @@ def main(argv):
         f'{config.data.name}:{split}.')
   evaluator.evaluate(config, run.params, run.model, split,
                      _NUM_SAMPLES.value or config.eval.num_samples,
-                     workdir=_WORKDIR.value)
+                     workdir=_WORKDIR.value, checkpoint_step=run.step)
 
 
 if __name__ == '__main__':

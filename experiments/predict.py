@@ -13,7 +13,9 @@ sees `config.image_size`; an image of another size is refused unless
 `--resize=crop` (centre crop) or `--resize=pad` (centred zero padding) says
 how to fit it.
 
-Writes into `--out`:
+Writes into `--out`, a new or empty folder or one holding only the files of an
+earlier prediction (those are removed first, with a message; any other file
+makes it refuse):
   sample_XX.png         uint8 class ids per pixel (padding = 255).
   sample_XX_colour.png  the same, coloured (class 0 black, padding grey).
   mean_std.png          mean prediction and per-pixel std: binary models the
@@ -43,6 +45,8 @@ from PIL import Image
 from datasets import preprocess
 from eval import figures
 from eval import restore
+from experiments import output_folder
+from hpunet_jax.runtime import checkpointing
 
 # Class id written on padded pixels of the sample_XX.png label maps.
 PADDING_LABEL = 255
@@ -50,6 +54,10 @@ PADDING_LABEL = 255
 
 class ImageError(ValueError):
   """The input image cannot be read or does not fit the model."""
+
+
+# `--out` or `--num_samples` cannot be used (see `output_folder`).
+OutputError = output_folder.OutputError
 
 
 def read_image(path: str) -> np.ndarray:
@@ -328,10 +336,14 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   Raises:
     FileNotFoundError: missing image, or no checkpoint in `workdir`.
     ImageError: unreadable image, or a size `resize` cannot fix.
+    OutputError: `num_samples` < 1, or an `out_dir` that is a file or holds
+      other files than an earlier prediction's.
   """
   if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  raw = read_image(image_path)  # Before the (slow) restore: fail early.
+    raise OutputError(f'--num_samples must be >= 1, got {num_samples}.')
+  # Before the (slow) restore: fail early.
+  stale = output_folder.earlier_outputs(out_dir)
+  raw = read_image(image_path)
   config, model, params, step = restore.restore_latest(workdir)
   num_channels = config.model.get('num_input_channels', None) or raw.shape[-1]
   try:
@@ -343,7 +355,13 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   sample = jax.jit(model.sample, static_argnums=3)
   logits = sample(params, jax.random.PRNGKey(seed), image[None], num_samples)
   probs = np.asarray(jax.nn.softmax(logits[:, 0], axis=-1))  # [N, H, W, K]
-  paths = write_outputs(out_dir, image, sample_statistics(probs), valid)
+  stats = sample_statistics(probs)
+  if stale:
+    print(f'Removing {len(stale)} files of an earlier prediction from '
+          f'{out_dir}.')
+    for path in stale:
+      os.remove(path)
+  paths = write_outputs(out_dir, image, stats, valid)
   print(f'{image_path}: {num_samples} samples from {workdir} (step {step}) '
         f'-> {out_dir}')
   return paths
@@ -372,7 +390,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     predict(values.workdir, values.image, values.num_samples, values.out,
             values.resize, values.seed)
-  except (FileNotFoundError, ImageError) as error:
+  except (FileNotFoundError, ImageError, OutputError,
+          checkpointing.CheckpointError) as error:
     # Expected user errors: one line, no traceback.
     sys.exit(f'predict: {error}')
 

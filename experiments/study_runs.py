@@ -20,6 +20,7 @@ from experiments import study_diagnostics
 from experiments import synthetic_cells
 from experiments import synthetic_lesions
 from experiments import train_lib
+from hpunet_jax.runtime import run_record
 
 LESIONS, CELLS = 'synthetic_lesions', 'synthetic_cells'
 TASK_MODULES = {LESIONS: synthetic_lesions, CELLS: synthetic_cells}
@@ -182,9 +183,45 @@ def is_evaluated(out_dir: str) -> bool:
              for name in ('metrics.json', 'per_image.npz'))
 
 
+def completeness_problem(config: ml_collections.ConfigDict,
+                         run_dir: str) -> Optional[str]:
+  """Why the run in `run_dir` is not a finished, evaluated run of `config`
+  (None when it is).
+
+  Only the trainer's own record counts as finished (`finished.json`, with
+  step and config hash), and the evaluation must name that step and hash:
+  an offline evaluation of an intermediate checkpoint (`run_metrics` after
+  a kill) is not the run's result.
+  """
+  wanted_step = config.num_train_steps
+  wanted_hash = run_record.config_hash(config)
+  finished = run_record.read_finished(run_dir)
+  if finished is None:
+    return 'its training has not finished'
+  if finished.get('step') != wanted_step:
+    return (f"it finished at step {finished.get('step')}, the study asks "
+            f'for {wanted_step}')
+  if finished.get('config_hash') != wanted_hash:
+    return (f"it was trained with config hash {finished.get('config_hash')}"
+            f', the study asks for {wanted_hash}')
+  eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+  if not is_evaluated(eval_dir):
+    return 'it has not been evaluated'
+  with open(os.path.join(eval_dir, 'metrics.json')) as f:
+    metrics = json.load(f)
+  evaluated = (metrics.get('checkpoint_step'), metrics.get('config_hash'),
+               metrics.get('num_samples'))
+  wanted = (wanted_step, wanted_hash, config.eval.num_samples)
+  if evaluated != wanted:
+    return (f'{eval_dir}/metrics.json evaluates (step, config hash, '
+            f'samples) {evaluated}, the study asks for {wanted}')
+  return None
+
+
 def train_or_load(config: ml_collections.ConfigDict,
                   run_dir: str) -> Dict[str, Any]:
-  """Trains and evaluates one run unless it is finished; loads its results.
+  """Trains and evaluates one run unless it is finished and evaluated
+  (`completeness_problem`); loads its results.
 
   Returns:
     `metrics` (metrics.json), `per_image` (metric -> `[num_images]`),
@@ -196,7 +233,7 @@ def train_or_load(config: ml_collections.ConfigDict,
   timing_path = os.path.join(run_dir, TIMING_FILE)
   if os.path.exists(os.path.join(run_dir, 'config.json')):
     _check_same_config(config, run_dir)  # Also before resuming a run.
-  trained = not is_evaluated(eval_dir)
+  trained = completeness_problem(config, run_dir) is not None
   if trained:
     previous = 0.0
     if os.path.exists(timing_path):
@@ -209,8 +246,9 @@ def train_or_load(config: ml_collections.ConfigDict,
       # Also after an interruption, so a resumed run's time adds up.
       with open(timing_path, 'w') as f:
         json.dump({'wall_time_s': previous + time.time() - start}, f)
-    if not is_evaluated(eval_dir):
-      raise RunIncompleteError(f'{run_dir} stopped before its evaluation; '
+    problem = completeness_problem(config, run_dir)
+    if problem:
+      raise RunIncompleteError(f'{run_dir} is not complete ({problem}); '
                                'rerun the same command to continue.')
   metrics, per_image = load_eval(eval_dir)
   wall_time = None  # Unknown for a run trained outside the study.

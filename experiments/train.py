@@ -20,6 +20,7 @@ lets `jax.distributed.initialize()` find the rest by itself.
 """
 import logging as std_logging
 import os
+import sys
 
 # One OpenBLAS thread: a multi-threaded OpenBLAS busy-waits on a loaded CPU
 # (the orthogonal initialiser's QR ran ~150x slower, benchmarks/README.md).
@@ -32,7 +33,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from experiments import config_checks
 from experiments import train_lib
+from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Task config file, e.g. experiments/lidc.py:hpunet.',
@@ -88,9 +92,25 @@ def main(argv):
   _enable_compilation_cache(config.compilation_cache_dir)
   logging.info('Process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
-  train_lib.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    train_lib.train_and_evaluate(config, _WORKDIR.value)
+  except (workdir_lock.WorkdirError, checkpointing.CheckpointError,
+          config_checks.ConfigError, train_lib.NonFiniteLossError) as e:
+    # Expected refusals (another trainer, a file as workdir, damaged or
+    # drifted checkpoints, out-of-range settings) and the NaN stop: one
+    # line, no traceback.
+    sys.exit(f'train: {e}')
+
+
+def parse_flags(argv):
+  """absl's parser, with an unknown `--config.x=` override as one line
+  naming the key and the nearest valid ones instead of three tracebacks."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    sys.exit(f'train: {config_checks.unknown_override(argv) or e}')
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

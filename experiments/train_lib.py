@@ -10,6 +10,7 @@ logged metrics of an uninterrupted run, because the train state (including
 the rng and the GECO moving average) and the data-loader position are saved
 together.
 """
+import contextlib
 import os
 from typing import (Any, Callable, Dict, Mapping, NamedTuple, Optional,
                     Sequence, Tuple)
@@ -26,6 +27,10 @@ from datasets import masking
 from datasets import pipeline
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import metric_writers
+from hpunet_jax.runtime import run_record
+from hpunet_jax.runtime import workdir_lock
+from experiments import config_checks
+from experiments import resume
 from experiments import sharding
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
@@ -184,6 +189,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if len(config.image_size) != 2:
     raise ValueError(f'config.image_size must be (H, W), got '
                      f'{config.image_size}.')
+  config_checks.validate_values(config)
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size {config.batch_size} is not divisible '
                      f'by the {jax.process_count()} processes.')
@@ -208,13 +214,15 @@ def _abstract_state(init_fn: Callable, rng: jax.Array,
       shapes)
 
 
-def _check_finite(step: int, scalars: Mapping[str, np.ndarray]) -> None:
+def _check_finite(step: int, scalars: Mapping[str, np.ndarray],
+                  last_checkpoint: Optional[int]) -> None:
   bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])]
   if bad:
+    kept = (f'The last checkpoint (step {last_checkpoint}) is kept.'
+            if last_checkpoint else 'No checkpoint was saved before it.')
     raise NonFiniteLossError(
         f'Non-finite {" and ".join(bad)} at step {step} '
-        f'({", ".join(f"{k}={scalars[k]}" for k in bad)}); stopping. The last '
-        f'checkpoint (before step {step}) is kept.')
+        f'({", ".join(f"{k}={scalars[k]}" for k in bad)}); stopping. {kept}')
 
 
 def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -244,6 +252,8 @@ def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       for k, v in local_example.items()}
   sharding.check_batch_divisible(mesh, config.batch_size,
                                  batch_example['image'].shape[1:3])
+  config_checks.check_image_size(config, batch_example['image'].shape[1:3])
+
   def augment_and_mask(rng, batch):
     batch = augment.augment_batch(rng, batch, **augment_config)
     if masking_config:
@@ -273,8 +283,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The final train state.
+
+  Raises:
+    WorkdirError: (`WorkdirLockedError`) another trainer runs in
+      `workdir`, or it is a file.
+    CheckpointError: (`ConfigDriftError`, `NoReadableCheckpointError`) the
+      checkpoints cannot be resumed with this config.
   """
   validate_config(config)
+  # Only process 0 locks: the other processes of a run share its workdir.
+  with (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: str) -> TrainState:
+  """`train_and_evaluate` with the workdir locked."""
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
   logging.info('Mesh %s over %d devices, %d process(es).', dict(mesh.shape),
@@ -301,21 +326,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
       max_to_keep=config.checkpoints_to_keep)
-  start_step = checkpointer.latest_step()
-  if start_step is None:
-    start_step = 0
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
-    train_iter.set_state(initial_loader_state)
-  else:
-    logging.info('Resuming from checkpoint at step %d.', start_step)
-    state, loader_state = checkpointer.restore(
-        start_step, _abstract_state(init_fn, rng, state_sharding))
-    train_iter.set_state(loader_state)
+  try:
+    start_step, state = resume.restore_or_init(
+        checkpointer, config,
+        lambda: jax.jit(init_fn, out_shardings=state_sharding)(rng),
+        lambda: _abstract_state(init_fn, rng, state_sharding), train_iter,
+        initial_loader_state)
+  except BaseException:
+    checkpointer.close()
+    raise
   config_json = config.to_json_best_effort(indent=2)
-  if process_index == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_json)
+  resume.record_start(workdir, config, start_step)
 
   train_step = make_train_step(
       model=model, optimizer=optimizer, schedule=schedule,
@@ -335,6 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointer.wait_until_finished()
     checkpointer.close()
     writer.close()
+  if finished and process_index == 0:
+    run_record.write_finished(workdir, config.num_train_steps, config)
   if finished:
     final_evaluation(config, state.trainable['model'], model, workdir)
   return state
@@ -357,6 +380,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
       before that step's state is saved.
   """
   total_steps = config.num_train_steps
+  last_checkpoint = start_step or None
   with checkpointing.StopRequest() as stop_request:
     if start_step < total_steps:
       local_batch = next(train_iter)
@@ -367,13 +391,14 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
       if step < total_steps:
         local_batch = next(train_iter)  # Overlaps with the device step.
       scalars = jax.device_get(scalars)
-      _check_finite(step, scalars)
+      _check_finite(step, scalars, last_checkpoint)
       if step % config.log_every_steps == 0 or step == total_steps:
         writer.write(step, scalars)
       stop_now = stop_request.requested() and step < total_steps
       if (step % config.checkpoint_every_steps == 0 or step == total_steps or
           stop_now):
         save(step, state, loader_state)
+        last_checkpoint = step
       if stop_now:
         logging.warning('Stopped at step %d on request; restart with the '
                         'same command to continue.', step)
@@ -409,7 +434,8 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
     return None
   from eval import evaluator  # pylint: disable=g-import-not-at-top
   summary = evaluator.evaluate(config, params, model, config.eval.split,
-                               config.eval.num_samples, workdir=workdir)
+                               config.eval.num_samples, workdir=workdir,
+                               checkpoint_step=config.num_train_steps)
   logging.info('Evaluation on %s with %d samples: %s', config.eval.split,
                config.eval.num_samples, summary)
   return summary

@@ -1,6 +1,9 @@
-"""Orbax checkpointing of the train state, loader state and config."""
+"""Orbax checkpointing of the train state, loader state and config, and the
+fallback past damaged checkpoints."""
+import contextlib
 import json
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,26 @@ import pytest
 from hpunet_jax.runtime import checkpointing
 from experiments import sharding
 from experiments import train_lib
+
+
+@contextlib.contextmanager
+def warnings_logged():
+  """Collects the absl WARNING messages logged inside the block."""
+  messages = []
+
+  class Collect(logging.logging.Handler):
+
+    def emit(self, record):
+      if record.levelno >= logging.logging.WARNING:
+        messages.append(record.getMessage())
+
+  handler = Collect()
+  logger = logging.get_absl_logger()
+  logger.addHandler(handler)
+  try:
+    yield messages
+  finally:
+    logger.removeHandler(handler)
 
 
 def _state(seed: int) -> train_lib.TrainState:
@@ -76,3 +99,115 @@ def test_loader_state_encoding():
     checkpointing.encode_loader_state(object())
   with pytest.raises(checkpointing.CheckpointError, match='encoding'):
     checkpointing.decode_loader_state({'type': 'pickle', 'value': ''})
+
+
+def _two_checkpoints(directory):
+  checkpointer = checkpointing.Checkpointer(str(directory))
+  for step in (1, 2):
+    checkpointer.save(step, _state(step), b'{"position": %d}' % step,
+                      json.dumps({'seed': step}))
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+
+def _flip_middle_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xff
+  path.write_bytes(bytes(data))
+
+
+# Each damages checkpoint 2 as the issue's probes did; the reason must name
+# the damaged file (or what tensorstore found in it).
+_DAMAGE = {
+    'data_truncated': (lambda d: [p.write_bytes(p.read_bytes()[:100])
+                                  for p in (d / 'state' / 'd').iterdir()],
+                       'OUT_OF_RANGE'),
+    'data_deleted': (lambda d: [p.unlink()
+                                for p in (d / 'state' / 'd').iterdir()],
+                     'NOT_FOUND'),
+    'data_flipped': (lambda d: [_flip_middle_byte(p)
+                                for p in (d / 'state' / 'd').iterdir()],
+                     'DATA_LOSS'),
+    'state_metadata_truncated': (
+        lambda d: (d / 'state' / '_METADATA').write_text(
+            (d / 'state' / '_METADATA').read_text()[:100]),
+        'state/_METADATA is not valid JSON'),
+    'loader_metadata_deleted': (
+        lambda d: (d / 'loader' / 'metadata').unlink(),
+        'loader/metadata is missing'),
+    'loader_metadata_truncated': (
+        lambda d: (d / 'loader' / 'metadata').write_text('[{"ty'),
+        'loader/metadata is not valid JSON'),
+    'config_metadata_truncated': (
+        lambda d: (d / 'config' / 'metadata').write_text('{"se'),
+        'config/metadata is not valid JSON'),
+}
+
+
+@pytest.mark.parametrize('damage', sorted(_DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_and_is_moved_aside(
+    tmp_path, damage, capfd):
+  damage_fn, reason = _DAMAGE[damage]
+  directory = tmp_path / 'checkpoints'
+  _two_checkpoints(directory)
+  damage_fn(directory / '2')
+  mesh = sharding.make_mesh((1, 1))
+  checkpointer = checkpointing.Checkpointer(str(directory))
+
+  def restore(step):
+    checkpointer.restore_config(step)
+    return checkpointer.restore(step, _abstract(_state(step), mesh))
+
+  with warnings_logged() as warnings:
+    step, (state, loader) = checkpointer.restore_newest(
+        restore, move_unreadable=True)
+  assert step == 1 and loader == b'{"position": 1}'
+  np.testing.assert_array_equal(state.rng, _state(1).rng)
+  assert checkpointer.all_steps() == [1]
+  checkpointer.close()
+  assert len(warnings) == 1, warnings
+  assert warnings[0].startswith('checkpoint 2 is unreadable: ')
+  assert reason in warnings[0] and warnings[0].endswith('resuming from 1.')
+  moved = tmp_path / ('checkpoints' + checkpointing.UNREADABLE_SUFFIX) / '2'
+  assert moved.is_dir() and str(moved) in warnings[0]  # Kept, not deleted.
+  assert 'Event loop is closed' not in capfd.readouterr().err
+
+
+def test_no_readable_checkpoint_is_one_error_naming_the_directory(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  _two_checkpoints(directory)
+  for step in ('1', '2'):
+    (directory / step / 'loader' / 'metadata').unlink()
+  checkpointer = checkpointing.Checkpointer(str(directory))
+  mesh = sharding.make_mesh((1, 1))
+  with pytest.raises(checkpointing.NoReadableCheckpointError,
+                     match=f'no readable checkpoint in {directory}: '
+                     'checkpoint 2 is unreadable.*checkpoint 1 is unreadable'):
+    checkpointer.restore_newest(
+        lambda s: checkpointer.restore(s, _abstract(_state(s), mesh)),
+        move_unreadable=False)
+  checkpointer.close()
+  assert sorted(p.name for p in directory.iterdir()) == ['1', '2']  # Left.
+
+
+def test_intact_checkpoint_of_other_shapes_is_an_error_not_moved(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  _two_checkpoints(directory)
+  other = _state(2)._replace(rng=jnp.zeros((3,), jnp.uint32))
+  checkpointer = checkpointing.Checkpointer(str(directory))
+  mesh = sharding.make_mesh((1, 1))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=f'checkpoint {directory}/2 does not restore'):
+    checkpointer.restore_newest(
+        lambda s: checkpointer.restore(s, _abstract(other, mesh)),
+        move_unreadable=True)
+  assert checkpointer.all_steps() == [1, 2]
+  checkpointer.close()
+
+
+def test_no_checkpoint_restores_nothing(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'))
+  assert checkpointer.restore_newest(
+      lambda s: pytest.fail('nothing to restore'),
+      move_unreadable=True) is None
+  checkpointer.close()

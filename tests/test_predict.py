@@ -190,6 +190,26 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
                     str(tmp_path / 'out'))
 
 
+def test_out_and_num_samples_errors_come_before_the_restore(tmp_path):
+  image = _write_png(tmp_path / 'scan.png', np.zeros((8, 8), np.uint8))
+  no_run = str(tmp_path / 'run')  # Never reached: no checkpoint needed.
+  with pytest.raises(predict.OutputError, match='--num_samples must be >= 1'):
+    predict.predict(no_run, image, 0, str(tmp_path / 'out'))
+  with pytest.raises(predict.OutputError, match='scan.png is a file'):
+    predict.predict(no_run, image, 2, image)
+  foreign = tmp_path / 'mixed'
+  foreign.mkdir()
+  (foreign / 'sample_00.png').write_bytes(b'')
+  (foreign / 'notes.txt').write_text('mine')
+  with pytest.raises(predict.OutputError,
+                     match=r'holds files predict did not write \(notes.txt\)'):
+    predict.predict(no_run, image, 2, str(foreign))
+  run = _run_main(workdir=no_run, image=image, out=image, num_samples=2)
+  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  assert run.stderr.strip().splitlines()[-1] == (
+      f'predict: --out {image} is a file; pass a folder.')
+
+
 def test_end_to_end_after_two_training_steps(tmp_path):
   """Trains the tiny synthetic-lesions HPU-Net 2 steps, then predicts."""
   config = synthetic_lesions.get_config('tiny')
@@ -205,9 +225,16 @@ def test_end_to_end_after_two_training_steps(tmp_path):
   with pytest.raises(predict.ImageError, match='scan.png is .*--resize=pad'):
     predict.predict(str(workdir), image, 3, str(tmp_path / 'unused'))
   out = tmp_path / 'out'
+  out.mkdir()  # An earlier prediction of 6 samples: its files are replaced.
+  for name in ('sample_05.png', 'sample_05_colour.png', 'std.npy'):
+    (out / name).write_bytes(b'old')
   run = _run_main(workdir=workdir, image=image, out=out, num_samples=3,
                   resize='pad', seed=1)
   assert run.returncode == 0, run.stderr
+  assert f'Removing 3 files of an earlier prediction from {out}' in run.stdout
+  assert not (out / 'sample_05.png').exists()
+  assert sorted(p.name for p in out.glob('sample_*[0-9].png')) == [
+      'sample_00.png', 'sample_01.png', 'sample_02.png']
   for index in range(3):
     ids = np.asarray(Image.open(out / f'sample_{index:02d}.png'))
     assert ids.shape == (height, width)

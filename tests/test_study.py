@@ -7,9 +7,13 @@ import pytest
 
 from datasets.synthetic_lesions import generator
 from eval import bootstrap
+from eval import evaluator
+from eval import restore
 from experiments import study_analysis
 from experiments import study_runs
 from experiments import study_synthetic
+from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import run_record
 
 
 def _lesion_params(index):
@@ -163,3 +167,56 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   with pytest.raises(study_runs.StudySettingsError, match='num_train_steps'):
     study_synthetic.run_study(study_runs.StudyOptions(
         **{**options.__dict__, 'steps': 2}))
+
+
+def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
+  """The issue's probe: the study killed mid-run, `run_metrics` on the
+  intermediate checkpoint, the study rerun. The offline metrics.json must
+  not count as the run's result; the run is trained to its end first."""
+  options = study_runs.StudyOptions(
+      workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=('hpunet',),
+      cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
+  config = study_runs.make_config(study_runs.LESIONS, 'hpunet', 0, options)
+  run_dir = study_runs.run_dir_of(options, study_runs.LESIONS, 'hpunet', 0)
+  # Killed: a stop request (SIGTERM's path) saves step 1 of 3 and stops.
+  monkeypatch.setattr(checkpointing.StopRequest, 'requested',
+                      lambda self: True)
+  with pytest.raises(study_runs.RunIncompleteError,
+                     match='its training has not finished'):
+    study_runs.train_or_load(config, run_dir)
+  monkeypatch.undo()
+  run = restore.restore_latest(run_dir)  # What run_metrics does.
+  assert run.step == 1
+  evaluator.evaluate(run.config, run.params, run.model, 'test',
+                     config.eval.num_samples, workdir=run_dir,
+                     checkpoint_step=run.step)
+  assert study_runs.is_evaluated(f'{run_dir}/eval/test')
+  assert study_runs.completeness_problem(config, run_dir) == (
+      'its training has not finished')
+  # The rerun trains to the end and evaluates that.
+  result = study_runs.train_or_load(config, run_dir)
+  assert result['trained']
+  assert result['metrics']['checkpoint_step'] == config.num_train_steps == 3
+  assert result['metrics']['config_hash'] == run_record.config_hash(config)
+  assert study_runs.completeness_problem(config, run_dir) is None
+  # Records of another step or config are refused by name.
+  finished_path = f'{run_dir}/{run_record.FINISHED_FILE}'
+  with open(finished_path) as f:
+    finished = json.load(f)
+  with open(finished_path, 'w') as f:
+    json.dump(dict(finished, step=2), f)
+  assert study_runs.completeness_problem(config, run_dir) == (
+      'it finished at step 2, the study asks for 3')
+  with open(finished_path, 'w') as f:
+    json.dump(dict(finished, config_hash='0' * 16), f)
+  assert 'trained with config hash 0000000000000000' in (
+      study_runs.completeness_problem(config, run_dir))
+  with open(finished_path, 'w') as f:
+    json.dump(finished, f)
+  metrics_path = f'{run_dir}/eval/test/metrics.json'
+  with open(metrics_path) as f:
+    metrics = json.load(f)
+  with open(metrics_path, 'w') as f:
+    json.dump(dict(metrics, checkpoint_step=1), f)
+  assert 'metrics.json evaluates (step, config hash, samples) (1, ' in (
+      study_runs.completeness_problem(config, run_dir))

@@ -95,7 +95,14 @@ def test_run_logs_checkpoints_and_evaluates(straight_run):
   checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'))
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.restore_config(4)['data']['name'] == 'synthetic_lesions'
-  assert (workdir / 'eval' / 'test' / 'metrics.json').exists()
+  metrics = json.loads((workdir / 'eval' / 'test' / 'metrics.json').read_text())
+  # Which parameters were evaluated, and the run's own record of its end.
+  config_hash = json.loads((workdir / 'finished.json').read_text())[
+      'config_hash']
+  assert metrics['checkpoint_step'] == _STEPS
+  assert metrics['config_hash'] == config_hash
+  assert json.loads((workdir / 'config.0.json').read_text()) == json.loads(
+      (workdir / 'config.json').read_text())
 
 
 def test_restart_continues_exactly(straight_run, lesions_data_dir, tmp_path):

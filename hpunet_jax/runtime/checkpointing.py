@@ -9,15 +9,18 @@ Layout under `<workdir>/checkpoints/<step>/`:
 * `config` - the run's config as JSON, for the record.
 
 A checkpoint directory only appears once Orbax has finished writing it, so a
-crash mid-save leaves the previous checkpoint as the latest. `StopRequest`
-turns SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
+crash mid-save leaves the previous checkpoint as the latest. A checkpoint
+damaged later (a file deleted, truncated or flipped) is skipped by
+`restore_newest`, named in one warning and moved to
+`<workdir>/checkpoints_unreadable/` (kept, not deleted). `StopRequest` turns
+SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
 """
 import base64
 import json
 import os
 import signal
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -25,13 +28,22 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hpunet_jax.runtime import checkpoint_integrity
+
 _STATE, _LOADER, _CONFIG = 'state', 'loader', 'config'
+_ITEMS = (_STATE, _LOADER, _CONFIG)
 # Checkpoints live in `<workdir>/CHECKPOINT_DIR`.
 CHECKPOINT_DIR = 'checkpoints'
+# Damaged checkpoints are moved from `<dir>` to `<dir>UNREADABLE_SUFFIX`.
+UNREADABLE_SUFFIX = '_unreadable'
 
 
 class CheckpointError(ValueError):
   """A checkpoint cannot be restored into this run."""
+
+
+class NoReadableCheckpointError(CheckpointError):
+  """Checkpoints exist, but every one of them is damaged."""
 
 
 def encode_loader_state(state: Any) -> dict:
@@ -88,7 +100,62 @@ class Checkpointer:
         enable_async_checkpointing=use_async)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_names=(_STATE, _LOADER, _CONFIG))
+        item_names=_ITEMS)
+
+  def restore_newest(self, restore_step: Callable[[int], Any], *,
+                     move_unreadable: bool) -> Optional[Tuple[int, Any]]:
+    """`restore_step` of the newest checkpoint that reads.
+
+    A checkpoint whose restore fails and whose files are damaged
+    (`checkpoint_integrity.find_problem`) is skipped, with one warning
+    naming it, the reason and the step used instead.
+
+    Args:
+      restore_step: step -> restored things (e.g. `self.restore(step, ...)`).
+        A `CheckpointError` it raises (e.g. config drift) passes through.
+      move_unreadable: move damaged checkpoints to `<dir>_unreadable/`
+        (process 0 only; the trainer) or leave them (evaluation, predict).
+
+    Returns:
+      `(step, restore_step(step))`, or None when there is no checkpoint.
+
+    Raises:
+      NoReadableCheckpointError: every checkpoint is damaged.
+      CheckpointError: a checkpoint with intact files does not restore
+        into this run (one line, Orbax's reason).
+    """
+    checkpoint_integrity.silence_closed_loop_noise()
+    skipped = []
+    for step in sorted(self.all_steps(), reverse=True):
+      step_dir = os.path.join(self.directory, str(step))
+      try:
+        result = restore_step(step)
+      except CheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        problem = checkpoint_integrity.find_problem(step_dir, _ITEMS)
+        if problem is None:
+          raise CheckpointError(
+              f'checkpoint {step_dir} does not restore into this run: '
+              f'{checkpoint_integrity.concise(e)}') from None
+        where = 'left in place'
+        if move_unreadable and jax.process_index() == 0:
+          where = 'moved to ' + checkpoint_integrity.move_aside(
+              step_dir, self.directory.rstrip(os.sep) + UNREADABLE_SUFFIX)
+        skipped.append(f'checkpoint {step} is unreadable: {problem} '
+                       f'({where})')
+        continue
+      for line in skipped:
+        logging.warning('%s; %s %d.', line,
+                        'resuming from' if move_unreadable else 'using', step)
+      if skipped and move_unreadable:
+        self._manager.reload()
+      return step, result
+    if skipped:
+      raise NoReadableCheckpointError(
+          f'no readable checkpoint in {self.directory}: '
+          + '; '.join(skipped) + '.')
+    return None
 
   def latest_step(self) -> Optional[int]:
     """The step of the newest complete checkpoint, or None."""
