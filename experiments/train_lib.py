@@ -360,6 +360,8 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
   with checkpointing.StopRequest() as stop_request:
     if start_step < total_steps:
       local_batch = next(train_iter)
+      logging.info('Compiling the train step (it runs as step %d) ...',
+                   start_step + 1)
     for step in range(start_step + 1, total_steps + 1):
       loader_state = train_iter.get_state()  # Position after this batch.
       state, scalars = train_step(state,
@@ -367,6 +369,8 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
       if step < total_steps:
         local_batch = next(train_iter)  # Overlaps with the device step.
       scalars = jax.device_get(scalars)
+      if step == start_step + 1:  # Logs the compile time; ETA starts here.
+        writer.first_step_done(step)
       _check_finite(step, scalars)
       if step % config.log_every_steps == 0 or step == total_steps:
         writer.write(step, scalars)
@@ -387,8 +391,8 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
   """Runs the evaluator on `config.eval.split` and logs its summary.
 
   Only process 0 evaluates, on its local device with a host copy of the
-  parameters; the evaluator also writes `<workdir>/eval/<split>/metrics.json`
-  and figures.
+  parameters; the evaluator also writes metrics.json and figures into
+  `eval.outputs.final_results_dir(workdir, config)`.
 
   Args:
     config: the run's config; `config.eval` gives `split` and `num_samples`
@@ -408,8 +412,10 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
   if jax.process_index() != 0:
     return None
   from eval import evaluator  # pylint: disable=g-import-not-at-top
+  # Into `eval.outputs.final_results_dir`; a rerun of a finished run keeps it.
   summary = evaluator.evaluate(config, params, model, config.eval.split,
-                               config.eval.num_samples, workdir=workdir)
+                               config.eval.num_samples, workdir=workdir,
+                               step=config.num_train_steps, existing='keep')
   logging.info('Evaluation on %s with %d samples: %s', config.eval.split,
                config.eval.num_samples, summary)
   return summary

@@ -94,7 +94,8 @@ def test_run_logs_checkpoints_and_evaluates(straight_run):
   checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'))
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.restore_config(4)['data']['name'] == 'synthetic_lesions'
-  assert (workdir / 'eval' / 'test' / 'metrics.json').exists()
+  assert (workdir / 'eval' / 'test' / 'step4_samples4_images2' /
+          'metrics.json').exists()
 
 
 def test_restart_continues_exactly(straight_run, lesions_data_dir, tmp_path):
@@ -295,7 +296,8 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in records)
   summary = json.loads(
-      (tmp_path / 'run' / 'eval' / 'test' / 'metrics.json').read_text())
+      (tmp_path / 'run' / 'eval' / 'test' / 'step2_samples4_images2' /
+       'metrics.json').read_text())
   expected = {'lesions_spunet': {'iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
                                  'oracle'},
               'lidc': {'iou_rec', 'ged_4', 'hm_iou'},
