@@ -61,9 +61,9 @@ def test_lines_are_rate_limited_and_unknown_totals_have_no_eta(clock, caplog):
       clock.now += 1.0
       report.update()
   lines = _messages(caplog)
-  # The announcement, one line per 5 s (at 1, 6, 11, 16 s) and the end.
+  # The announcement, one line per 5 s (at 5, 10, 15, 20 s) and the end.
   assert len(lines) == 1 + 4 + 1, lines
-  assert lines[2] == 'generating: 6 examples, 1 examples/s, elapsed 0:00:06'
+  assert lines[2] == 'generating: 10 examples, 1 examples/s, elapsed 0:00:10'
   assert lines[-1] == 'generating: done, 20 examples, 1 examples/s, elapsed 0:00:20'
 
 
@@ -84,3 +84,19 @@ def test_timed_logs_start_and_duration(clock, caplog):
 def test_format_duration():
   assert progress.format_duration(125.4) == '0:02:05'
   assert progress.format_duration(-3) == '0:00:00'
+
+
+def test_data_set_build_reports_totals_and_no_download(tmp_path, caplog,
+                                                       capsys):
+  from datasets import tfds_utils  # pylint: disable=g-import-not-at-top
+  caplog.set_level(logging.INFO)
+  builder = tfds_utils.load_builder('synthetic_lesions', tmp_path, 'tiny')
+  lines = _messages(caplog)
+  for split, total in (('train', 16), ('validation', 8), ('test', 8)):
+    assert (f'generating synthetic_lesions/tiny {split}: done, '
+            f'{total}/{total} examples (100%)') in ' '.join(lines), lines
+    assert builder.info.splits[split].num_examples == total
+  captured = capsys.readouterr()
+  assert 'Downloading' not in captured.out + captured.err
+  assert 'downloaded' not in captured.out + captured.err
+  assert 'Unknown size' not in captured.out + captured.err

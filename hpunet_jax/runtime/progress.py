@@ -84,7 +84,7 @@ class Progress:
     self._start = time.monotonic()
     self._steady_start: Optional[float] = None
     self._steady_count = 0
-    self._last_line = -float('inf')
+    self._last_line = self._start  # The first line after `every_seconds`.
     self._closed = False
     self._bar = None
     if use_tqdm if use_tqdm is not None else _use_tqdm():
