@@ -3,7 +3,7 @@ r"""Trains a model: `python -m experiments.train --config=... --workdir=...`.
 Examples:
 
   python -m experiments.train \
-      --config=experiments/synthetic_lesions.py --workdir=/tmp/lesions
+      --config=experiments/synthetic_lesions.py --workdir=/tmp/hpunet_lesions
   python -m experiments.train --config=experiments/lidc.py:spunet \
       --workdir=/tmp/lidc_spunet --config.num_train_steps=1000
   python -m experiments.train --config=experiments/cityscapes.py \

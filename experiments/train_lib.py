@@ -26,6 +26,7 @@ from datasets import masking
 from datasets import pipeline
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import metric_writers
+from hpunet_jax.runtime import progress
 from experiments import sharding
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
@@ -290,7 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.data, batch_size=config.batch_size // process_count,
       seed=config.seed, shard_index=process_index, shard_count=process_count)
   initial_loader_state = train_iter.get_state()
-  batch_example, init_batch = _batch_shapes(config, mesh, next(train_iter),
+  with progress.timed('Reading the first batch'):
+    first_batch = next(train_iter)
+  batch_example, init_batch = _batch_shapes(config, mesh, first_batch,
                                             augment_config, masking_config)
   state_sharding = sharding.replicated(mesh)
   init_fn = lambda rng: init_train_state(
@@ -304,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = checkpointer.latest_step()
   if start_step is None:
     start_step = 0
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    with progress.timed('Initialising the model and optimiser (compiling)'):
+      state = jax.block_until_ready(
+          jax.jit(init_fn, out_shardings=state_sharding)(rng))
     train_iter.set_state(initial_loader_state)
   else:
     logging.info('Resuming from checkpoint at step %d.', start_step)
