@@ -23,20 +23,23 @@ index, its visible labels fed to the prior, and scored by
 `task_scores.score_extrapolation`: `iou_rec` and sample `diversity` inside
 (`_masked`) and outside (`_visible`) the hidden region, and
 `rand_error_visible`.
+
+The loop reports images done of the total, images and samples per second and
+the ETA (`hpunet_jax.runtime.progress`; the first, compiling batch apart).
+`evaluate` writes into the evaluation's own folder (`eval.outputs`).
 """
 import functools
 import math
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from datasets import masking
 from datasets import pipeline
-from absl import logging
-
 from eval import bootstrap
 from eval import outputs
 from eval import task_scores
@@ -193,7 +196,8 @@ class Evaluator:
     # The first batch compiles the sampler: left out of the rate and ETA.
     report = progress.Progress(
         f'evaluating {self.task}:{split}', total=num_images, unit='images',
-        per_item={'samples': num_samples}, first_is_warmup=True,
+        per_item={'samples': num_samples},
+        warmup_items=min(eval_config.batch_size, num_images),
         warmup_label='compiling the sampler, first batch')
     reconstruct = self._reconstruct_labels(params)
     ap = None
@@ -244,7 +248,7 @@ class Evaluator:
           oracle.setdefault(name, []).append(value)
         if len(figures) < eval_config.num_figure_examples:
           figures.append(arrays)
-      report.update(len(batch))
+        report.update()  # Per image: scoring (e.g. clustering) is counted.
     report.close()
     if not per_image:
       raise ValueError(f'Split {split!r} of {self.task} has no examples.')

@@ -31,6 +31,7 @@ import colorsys
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from matplotlib import figure as mpl_figure
@@ -152,10 +153,11 @@ def _save(fig, path: str) -> str:
   return path
 
 
-# Colour-bar labels (quantity and range) of the continuous maps.
-BINARY_STD_LABEL = 'std of the samples\' labels (0-0.5)'
-ONE_HOT_STD_LABEL = 'one-hot std of the samples (0-1)'
-DISAGREEMENT_LABEL = 'share of sample pairs\nthat disagree (0-1)'
+# Colour-bar labels: the quantity (unitless; the bar's ticks give its range,
+# 0-0.5 for binary std, 0-1 for the others). Short, to fit one row.
+BINARY_STD_LABEL = 'std over samples'
+ONE_HOT_STD_LABEL = 'one-hot std'
+DISAGREEMENT_LABEL = 'share of pairs differing'
 
 
 def _row_titles(index: int):
@@ -354,9 +356,11 @@ def write_figures(out_dir: str, config, params, model, result,
   paths = []
   if not planned:
     return paths
-  with progress.Progress(f'writing figures ({", ".join(n for n, _ in planned)})',
+  with progress.Progress('writing figures',
                          total=len(planned), unit='figures') as report:
-    for name, make in planned:
+    for index, (name, make) in enumerate(planned):
+      logging.info('writing figure %d/%d: %s ...', index + 1, len(planned),
+                   name)
       fig = make()
       if fig is not None:
         paths.append(_save(fig, os.path.join(out_dir, name)))

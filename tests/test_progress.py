@@ -30,10 +30,12 @@ def _messages(caplog):
 def test_counts_rate_and_eta_exclude_the_warmup(clock, caplog):
   caplog.set_level(logging.INFO)
   report = progress.Progress('evaluating x:test', total=10, unit='images',
-                             per_item={'samples': 100}, first_is_warmup=True,
+                             per_item={'samples': 100}, warmup_items=2,
                              every_seconds=0, use_tqdm=False)
-  clock.now += 60.0  # The first batch compiles: 60 s for 2 images.
-  report.update(2)
+  clock.now += 59.0  # The first batch compiles: 60 s for 2 images.
+  report.update()
+  clock.now += 1.0
+  report.update()
   assert report.rate() is None and report.eta_seconds() is None
   clock.now += 4.0  # Then 2 images in 4 s: 0.5 images/s.
   report.update(2)

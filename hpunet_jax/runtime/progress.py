@@ -10,9 +10,9 @@ files, pytest) it writes absl INFO lines, at most one every
   evaluating synthetic_lesions:test: 40/200 images (20%), 1.31 images/s,
   131 samples/s, ETA 0:02:02
 
-The first update of a `Progress(..., first_is_warmup=True)` holds the
-compilation, so the rate and the ETA are measured from its end (the
-steady state) and its duration is reported on its own line.
+The first `warmup_items` items of a `Progress` (e.g. the first batch, whose
+time holds the compilation) are reported on their own line with their time,
+and the rate and the ETA are measured from their end (the steady state).
 """
 import contextlib
 import datetime
@@ -46,7 +46,7 @@ class Progress:
 
   Usage:
     with Progress('evaluating test', total=200, unit='images',
-                  per_item={'samples': 100}, first_is_warmup=True) as bar:
+                  per_item={'samples': 100}, warmup_items=8) as bar:
       for batch in batches:
         ...
         bar.update(len(batch))
@@ -55,7 +55,7 @@ class Progress:
   def __init__(self, what: str, total: Optional[int] = None,
                unit: str = 'items', *,
                per_item: Optional[Mapping[str, float]] = None,
-               first_is_warmup: bool = False,
+               warmup_items: int = 0,
                every_seconds: Optional[float] = None,
                warmup_label: str = 'compiling and running the first batch',
                use_tqdm: Optional[bool] = None):
@@ -67,17 +67,18 @@ class Progress:
       unit: plural name of an item, e.g. 'images', 'examples'.
       per_item: further rates to report, unit -> count per item (e.g.
         `{'samples': 100}` for 100 samples per image).
-      first_is_warmup: the first `update` includes compilation: report its
-        time separately and leave it out of the rate and the ETA.
+      warmup_items: the first this many items include compilation: report
+        their time separately and leave it out of the rate and the ETA
+        (0 = no warm-up).
       every_seconds: least time between two lines (non-terminal output);
         None = `LOG_EVERY_SECONDS`.
-      warmup_label: what the first update is doing (logged before it).
+      warmup_label: what the warm-up is doing (logged before it).
       use_tqdm: force (True) or forbid (False) a tqdm bar; None = a bar only
         when stderr is a terminal.
     """
     self.what, self.total, self.unit = what, total, unit
     self.per_item = dict(per_item or {})
-    self.first_is_warmup = first_is_warmup
+    self.warmup_items = warmup_items
     self.every_seconds = (LOG_EVERY_SECONDS if every_seconds is None
                           else every_seconds)
     self.count = 0
@@ -93,7 +94,7 @@ class Progress:
                             file=sys.stderr, dynamic_ncols=True)
     else:
       total_text = f'{total} {unit}' if total is not None else unit
-      suffix = f' ({warmup_label} ...)' if first_is_warmup else ''
+      suffix = f' ({warmup_label} ...)' if warmup_items else ''
       logging.info('%s: %s%s', what, total_text, suffix)
 
   def rate(self) -> Optional[float]:
@@ -134,10 +135,12 @@ class Progress:
   def update(self, n: int = 1) -> None:
     """Marks `n` more items done; logs when a line is due."""
     now = time.monotonic()
-    warmup = self.count == 0 and self.first_is_warmup
+    in_warmup = self.count < self.warmup_items
     self.count += n
-    if warmup:  # The steady state starts after this update.
-      self._steady_start, self._steady_count = now, 0
+    warmup_done = in_warmup and self.count >= self.warmup_items
+    if in_warmup:  # The steady state starts when the warm-up is done.
+      if warmup_done:
+        self._steady_start, self._steady_count = now, 0
     else:
       if self._steady_start is None:
         self._steady_start = self._start
@@ -146,10 +149,12 @@ class Progress:
       self._bar.update(n)
       return
     finished = self.total is not None and self.count >= self.total
-    if warmup:
+    if warmup_done:
       logging.info('%s: first %d %s done in %.1f s (compilation included)',
-                   self.what, n, self.unit, now - self._start)
+                   self.what, self.count, self.unit, now - self._start)
       self._last_line = now
+    elif in_warmup:
+      return  # No rate yet; the warm-up's own line comes at its end.
     elif now - self._last_line >= self.every_seconds and not finished:
       logging.info('%s: %s', self.what, self.line())
       self._last_line = now
