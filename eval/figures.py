@@ -17,13 +17,14 @@ evaluator kept for its first few images (`EvalResult.examples`):
   loss per pixel (and kappa), the GECO Lagrange multiplier and the KL terms
   over training, read from `<workdir>/metrics.jsonl`.
 
-Every continuous map (std, disagreement) has a colour bar naming the quantity
-and its range. Images, graders and samples are numbered from 0, as their
-array indices, `per_image.npz` and predict's `sample_XX` files. Each
-`make_*_figure` returns the `Figure` (for tests); `write_figures` saves them
-and reports its progress. A figure whose inputs are missing is skipped. Rendering uses matplotlib's
-object-oriented API (`matplotlib.figure.Figure`, saved through the Agg
-canvas), so no display and no pyplot global state are involved.
+Every continuous map (std, disagreement) has a colour bar naming the
+quantity, its ticks giving the range. Images, graders and samples are
+numbered from 0, as their array indices, `per_image.npz` and predict's
+`sample_XX` files. Each `make_*_figure` returns the `Figure` (for tests);
+`write_figures` saves them and reports its progress. A figure whose inputs
+are missing is skipped. Rendering uses matplotlib's object-oriented API
+(`matplotlib.figure.Figure`, saved through the Agg canvas), so no display
+and no pyplot global state are involved.
 
 Label colours (`colourise_labels`) are shared with `experiments.predict`.
 """

@@ -3,7 +3,7 @@
 Every evaluation of a run has its own folder, named by what decides its
 numbers:
 
-  <workdir>/eval/<split>/step<S>_samples<N>_images<M>/   (M = 'all': whole split)
+  <workdir>/eval/<split>/step<S>_samples<N>_images<M>/  (M 'all': whole split)
       metrics.json  per_image.npz  samples.png  levels.png  ...
 
 so `eval.run_metrics` with other settings, or of another checkpoint, never

@@ -16,7 +16,8 @@ def _installed_packages():
   """The `packages` setup.py hands to setuptools (what pip installs, for a
   wheel and for `pip install -e .` alike)."""
   script = ('import json, runpy, setuptools\n'
-            'setuptools.setup = lambda **kw: print(json.dumps(kw["packages"]))\n'
+            'setuptools.setup = lambda **kw: print(\n'
+            '    json.dumps(kw["packages"]))\n'
             'runpy.run_path("setup.py")\n')
   run = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=120, check=True)

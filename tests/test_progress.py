@@ -66,7 +66,8 @@ def test_lines_are_rate_limited_and_unknown_totals_have_no_eta(clock, caplog):
   # The announcement, one line per 5 s (at 5, 10, 15, 20 s) and the end.
   assert len(lines) == 1 + 4 + 1, lines
   assert lines[2] == 'generating: 10 examples, 1 examples/s, elapsed 0:00:10'
-  assert lines[-1] == 'generating: done, 20 examples, 1 examples/s, elapsed 0:00:20'
+  assert lines[-1] == ('generating: done, 20 examples, 1 examples/s, '
+                       'elapsed 0:00:20')
 
 
 def test_no_terminal_means_no_bar(monkeypatch):
