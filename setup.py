@@ -1,4 +1,13 @@
-"""Installs hpunet_jax and its companion packages (datasets, experiments, eval)."""
+"""Installs the model package `hpunet_jax` and the run-time dependencies.
+
+Only `hpunet_jax` is installed. The repository's other top-level folders,
+`datasets/`, `eval/` and `experiments/`, are used from the repository root
+(`python -m experiments.train ...`, `python -m pytest tests`), where Python
+finds them first on `sys.path`. Installing them would put packages with these
+generic names into site-packages, where `datasets` collides with Hugging
+Face's `datasets`; this way both coexist in one environment (see the README,
+"Install names").
+"""
 import pathlib
 
 import setuptools
@@ -17,8 +26,10 @@ setuptools.setup(
     description=('JAX/Haiku Hierarchical Probabilistic U-Net (Kohl et al. '
                  '2019) and the Probabilistic U-Net baseline.'),
     python_requires='>=3.10',
-    packages=setuptools.find_packages(
-        include=['hpunet_jax*', 'datasets*', 'experiments*', 'eval*']),
-    package_data={'datasets': ['*/dummy_data/**/*', '*/*.txt']},
+    packages=setuptools.find_packages(include=['hpunet_jax', 'hpunet_jax.*']),
     install_requires=_requirements(),
+    # `pip install -e .[tensorboard]`: the TensorBoard viewer for the event
+    # files the trainer writes (tensorboardX, in requirements.txt, writes them
+    # without it).
+    extras_require={'tensorboard': ['tensorboard']},
 )

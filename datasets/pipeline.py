@@ -248,3 +248,11 @@ def eval_examples(data_config, split: str, *,
       record = preprocess.resize_record(record, size,
                                         ('train_ids', 'car_instances'))
     yield task.eval_example(record)
+
+
+def num_eval_examples(data_config, split: str, *,
+                      limit: int | None = None) -> int:
+  """How many examples `eval_examples(data_config, split, limit=limit)`
+  yields (for progress totals; builds the data set if needed)."""
+  count = len(_source(data_config, split))
+  return count if limit is None else min(int(limit), count)

@@ -11,12 +11,25 @@ TFDS prepares into `<data_dir>/<name>/<config>/incomplete.<random>_<version>`
 and renames it only after every split is written and the metadata saved, so a
 build that fails leaves no data set behind that could later be read as
 complete; `load_builder` also removes the directories it left empty.
+
+While building, each split reports its examples generated of the total
+(`hpunet_jax.runtime.progress`: count, rate, ETA) in place of TFDS's bars,
+which know no total, and TFDS's "Downloading and preparing dataset Unknown
+size" banner is replaced by one line saying what is generated where.
 """
+import contextlib
+import functools
 import importlib
 import os
 import pathlib
+import time
+from typing import Callable, Iterator, Optional
 
+from absl import logging
 import tensorflow_datasets as tfds
+
+from hpunet_jax.runtime import progress
+from hpunet_jax.runtime import quiet_logs
 
 _DATASETS_DIR = pathlib.Path(__file__).resolve().parent
 FILE_FORMAT = 'array_record'
@@ -68,12 +81,74 @@ def load_builder(name: str,
     download_config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else os.fspath(manual_dir))
     try:
-      builder.download_and_prepare(download_config=download_config)
+      with _reported_build(builder, name):
+        builder.download_and_prepare(download_config=download_config)
     except BaseException:
       _remove_empty_dirs(pathlib.Path(builder.data_dir),
                          stop_at=pathlib.Path(builder.data_dir_root))
       raise
   return builder
+
+
+def split_total(builder: tfds.core.DatasetBuilder,
+                split: str) -> Optional[int]:
+  """Examples a split will have, when the builder config says
+  (`num_<split>`, the generated sets); None otherwise (raw files)."""
+  total = getattr(builder.builder_config, f'num_{split}', None)
+  return int(total) if isinstance(total, int) else None
+
+
+def _counted(examples, start_report: Callable[[], progress.Progress]
+             ) -> Iterator:
+  """Yields `examples`, counting them from the first one TFDS asks for
+  (splits are generated one after the other); logs the end."""
+  with start_report() as report:
+    for example in examples:
+      yield example
+      report.update()
+  logging.info('%s: shuffling and writing %d examples ...', report.what,
+               report.count)
+
+
+@contextlib.contextmanager
+def _reported_build(builder: tfds.core.DatasetBuilder, name: str):
+  """Progress per split while TFDS builds; TFDS's own bars and banners off.
+
+  Wraps the builder's `_split_generators` and silences its
+  `_log_download_bytes` / `_log_download_done` (TFDS methods that print a
+  download banner, meaningless for generated data), on this instance only.
+  """
+  config_name = getattr(builder.builder_config, 'name', None) or 'default'
+  label = f'{name}/{config_name}'
+  original = builder._split_generators  # pylint: disable=protected-access
+
+  def split_generators(dl_manager):
+    generators = original(dl_manager)
+    if not isinstance(generators, dict):
+      return generators  # Legacy list form: left as TFDS reports it.
+    return {split: _counted(examples, functools.partial(
+        progress.Progress, f'generating {label} {split}',
+        total=split_total(builder, split), unit='examples'))
+            for split, examples in generators.items()}
+
+  quiet_logs.quiet_libraries()  # TFDS's per-shard INFO lines.
+  builder._split_generators = split_generators  # pylint: disable=protected-access
+  builder._log_download_bytes = lambda: None  # pylint: disable=protected-access
+  builder._log_download_done = lambda: None  # pylint: disable=protected-access
+  logging.info('Building data set %s into %s (once; later runs reuse it).',
+               label, builder.data_dir_root)
+  start = time.monotonic()
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(True)
+    del builder._split_generators  # pylint: disable=protected-access
+    del builder._log_download_bytes  # pylint: disable=protected-access
+    del builder._log_download_done  # pylint: disable=protected-access
+  logging.info('Built %s in %s: %s', label,
+               progress.format_duration(time.monotonic() - start),
+               builder.data_dir)
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:

@@ -26,13 +26,17 @@ index, its visible labels fed to the prior, and scored by
 `task_scores.score_extrapolation`: `iou_rec` and sample `diversity` inside
 (`_masked`) and outside (`_visible`) the hidden region, and
 `rand_error_visible`.
+
+The loop reports images done of the total, images and samples per second and
+the ETA (`hpunet_jax.runtime.progress`; the first, compiling batch apart).
+`evaluate` writes into the evaluation's own folder (`eval.outputs`).
 """
 import functools
-import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, NamedTuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +44,10 @@ import numpy as np
 from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
+from eval import outputs
 from eval import task_scores
 from hpunet_jax.runtime import run_record
+from hpunet_jax.runtime import progress
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 
@@ -212,6 +218,14 @@ class Evaluator:
     num_samples = num_samples or eval_config.num_samples
     examples = pipeline.eval_examples(self.config.data, split,
                                       limit=eval_config.num_examples)
+    num_images = pipeline.num_eval_examples(self.config.data, split,
+                                            limit=eval_config.num_examples)
+    # The first batch compiles the sampler: left out of the rate and ETA.
+    report = progress.Progress(
+        f'evaluating {self.task}:{split}', total=num_images, unit='images',
+        per_item={'samples': num_samples},
+        warmup_items=min(eval_config.batch_size, num_images),
+        warmup_label='compiling the sampler, first batch')
     reconstruct = self._reconstruct_labels(params)
     ap = None
     if self.task == CITYSCAPES:
@@ -262,6 +276,8 @@ class Evaluator:
           oracle.setdefault(name, []).append(value)
         if len(figures) < eval_config.num_figure_examples:
           figures.append(arrays)
+        report.update()  # Per image: scoring (e.g. clustering) is counted.
+    report.close()
     if not per_image:
       raise ValueError(f'Split {split!r} of {self.task} has no examples.')
     summary = _summarise(per_image, eval_config.num_resamples, rng_seed)
@@ -304,10 +320,24 @@ def format_table(summary: Dict[str, Any]) -> str:
 
 
 def evaluate(config, params, model, split: str, num_samples: int,
-             workdir: str = None, checkpoint_step: int = None
-             ) -> Dict[str, Any]:
+             workdir: Optional[str] = None, *, step: Optional[int] = None,
+             existing: str = 'error') -> Dict[str, Any]:
   """Runs the evaluator, prints the table and, with a `workdir`, writes
-  `<workdir>/eval/<split>/metrics.json` and the figures next to it.
+  metrics.json, per_image.npz and the figures into
+  `outputs.results_dir(workdir, split, step=step, ...)`.
+
+  Args:
+    config: the run's config (`config.eval` as in `Evaluator`).
+    params: the model parameters.
+    model: the `hpunet_jax.models.Model`.
+    split: split to evaluate.
+    num_samples: largest sample count per image.
+    workdir: the training run's folder; None = print only.
+    step: the checkpoint step evaluated (names the folder; needed with a
+      workdir).
+    existing: what to do when the folder exists: 'error' (raise
+      `outputs.ResultsExistError` before any work), 'overwrite', or 'keep'
+      (log it and return the stored metrics without evaluating).
 
   metrics.json also records where the parameters came from:
   `checkpoint_step` (the given step) and `config_hash`
@@ -316,23 +346,37 @@ def evaluate(config, params, model, split: str, num_samples: int,
   Returns:
     The summary dict (the content of metrics.json).
   """
+  if existing not in ('error', 'overwrite', 'keep'):
+    raise ValueError(f"existing must be 'error', 'overwrite' or 'keep', got "
+                     f'{existing!r}.')
+  out_dir = None
+  if workdir:
+    if step is None:
+      raise ValueError('evaluate: pass the checkpoint `step` with a workdir.')
+    out_dir = outputs.results_dir(workdir, split, step=step,
+                                  num_samples=num_samples,
+                                  num_examples=config.eval.num_examples,
+                                  protocol=outputs.protocol_tag(config.eval))
+    if existing == 'keep' and outputs.is_complete(out_dir):
+      logging.info('Step %d is already evaluated with these settings in %s '
+                   '(delete the folder to evaluate again).', step, out_dir)
+      return outputs.load_metrics(out_dir)
+    outputs.check_writable(out_dir, overwrite=existing != 'error')
   result = Evaluator(config, model).run(params, split, num_samples,
                                         rng_seed=config.seed)
   print(f'{config.data.name}:{split}, {result.metrics["num_images"]} images, '
         f'{num_samples} samples per image (mean ± bootstrap std):')
   print(format_table(result.metrics))
-  result.metrics.update(checkpoint_step=checkpoint_step,
+  result.metrics.update(checkpoint_step=step,
                         config_hash=run_record.config_hash(config))
-  if workdir:
-    out_dir = os.path.join(workdir, 'eval', split)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-      json.dump(result.metrics, f, indent=2, sort_keys=True)
-    # Per-image values, so runs of several seeds can be pooled with
-    # `eval.bootstrap.pooled_bootstrap` (paper Table 1).
-    np.savez(os.path.join(out_dir, 'per_image.npz'), **result.per_image)
+  if out_dir:
     from eval import figures  # pylint: disable=g-import-not-at-top
-    paths = figures.write_figures(out_dir, config, params, model, result,
-                                  workdir)
-    print(f'Wrote {out_dir}/metrics.json and {len(paths)} figures.')
+    paths = outputs.write_results(
+        out_dir, result.metrics, result.per_image,
+        lambda folder: figures.write_figures(folder, config, params, model,
+                                             result, workdir),
+        overwrite=existing != 'error')
+    names = ', '.join(os.path.basename(p) for p in paths) or 'none'
+    print(f'Wrote {out_dir}/: metrics.json, per_image.npz and figures '
+          f'{names}.', flush=True)
   return result.metrics

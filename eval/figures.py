@@ -13,25 +13,34 @@ evaluator kept for its first few images (`EvalResult.examples`):
 - `extrapolation.png` (masked images, Fig. 5): image, masked input, target,
   reconstruction, samples and their label disagreement, the border of the
   hidden region drawn dashed on each.
-- `training_curves.png` (Fig. 7 / 8): reconstruction loss per pixel (and
-  kappa), the GECO Lagrange multiplier and the KL terms over training, read
-  from `<workdir>/metrics.jsonl`.
+- `training_curves.png` (Fig. 7 / 8, `eval.training_curves`): reconstruction
+  loss per pixel (and kappa), the GECO Lagrange multiplier and the KL terms
+  over training, read from `<workdir>/metrics.jsonl`.
 
-A figure whose inputs are missing is skipped. Rendering uses matplotlib's
-object-oriented API (`matplotlib.figure.Figure`, saved through the Agg
-canvas), so no display and no pyplot global state are involved.
+Every continuous map (std, disagreement) has a colour bar naming the
+quantity, its ticks giving the range. Images, graders and samples are
+numbered from 0, as their array indices, `per_image.npz` and predict's
+`sample_XX` files. Each `make_*_figure` returns the `Figure` (for tests);
+`write_figures` saves them and reports its progress. A figure whose inputs
+are missing is skipped. Rendering uses matplotlib's object-oriented API
+(`matplotlib.figure.Figure`, saved through the Agg canvas), so no display
+and no pyplot global state are involved.
 
 Label colours (`colourise_labels`) are shared with `experiments.predict`.
 """
 import colorsys
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 from matplotlib import figure as mpl_figure
 import numpy as np
 
+from eval import training_curves
 from hpunet_jax.runtime import metric_writers
+from hpunet_jax.runtime import progress
 
 # Background (label 0) and padding colours of categorical label maps, RGB.
 BACKGROUND_COLOUR = (0.0, 0.0, 0.0)
@@ -119,18 +128,24 @@ def _new_figure(num_rows: int, num_cols: int, cell_inches: float = 1.3):
 
 
 def _show(ax, array, title: str = '', cmap: Optional[str] = None, **kwargs):
-  ax.imshow(array, cmap=cmap, interpolation='nearest', **kwargs)
+  shown = ax.imshow(array, cmap=cmap, interpolation='nearest', **kwargs)
   if title:
     ax.set_title(title, fontsize=7)
+  return shown
 
 
 def _show_binary(ax, mask, title: str = ''):
   _show(ax, np.asarray(mask, np.float64), title, cmap='gray', vmin=0, vmax=1)
 
 
-def _show_std(ax, std, title: str = 'std', vmax: float = 0.5):
-  """Std map on a fixed scale (binary std <= 0.5, one-hot std < 1)."""
-  _show(ax, std, title, cmap='magma', vmin=0, vmax=vmax)
+def _show_std(fig, ax, std, title: str, bar_label: str, vmax: float = 0.5):
+  """A std-like map on a fixed scale `[0, vmax]` with a labelled colour bar
+  (binary std <= 0.5, one-hot std and disagreement < 1)."""
+  shown = _show(ax, std, title, cmap='magma', vmin=0, vmax=vmax)
+  bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+  bar.set_label(bar_label, fontsize=6)
+  bar.ax.tick_params(labelsize=5)
+  return shown
 
 
 def _save(fig, path: str) -> str:
@@ -139,35 +154,49 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def samples_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
-                   num_shown_samples: int = 8) -> str:
+# Colour-bar labels: the quantity (unitless; the bar's ticks give its range,
+# 0-0.5 for binary std, 0-1 for the others). Short, to fit one row.
+BINARY_STD_LABEL = 'std over samples'
+ONE_HOT_STD_LABEL = 'one-hot std'
+DISAGREEMENT_LABEL = 'share of pairs differing'
+
+
+def _row_titles(index: int):
+  """Column titles on the first row only (columns mean the same in every
+  row)."""
+  return (lambda text: text) if index == 0 else (lambda text: '')
+
+
+def make_samples_figure(examples: Sequence[Dict[str, np.ndarray]],
+                        num_shown_samples: int = 8) -> mpl_figure.Figure:
   """Fig. 2: per lesion example a row of image, graders, reconstructions,
-  `num_shown_samples` samples and the std of all samples."""
+  `num_shown_samples` samples and the std of all samples. Images, graders
+  and samples are numbered from 0, as their array indices (and predict's
+  `sample_XX` files)."""
   num_graders = max(len(e['graders']) for e in examples)
   num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
   num_cols = 1 + 2 * num_graders + num_shown + 1
   fig, axes = _new_figure(len(examples), num_cols)
   for index, (row, example) in enumerate(zip(axes, examples)):
-    # Columns mean the same in every row: titles on the first row only.
-    title = (lambda text: text) if index == 0 else (lambda text: '')
+    title = _row_titles(index)
     image, cmap = _display_image(example['image'])
     _show(row[0], image, title('image'), cmap)
-    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    row[0].set_ylabel(f'image {index}', fontsize=7)
     graders, recon = example['graders'], example['recon']
     samples = np.asarray(example['samples'])
     for g in range(num_graders):
       if g < len(graders):
-        _show_binary(row[1 + g], graders[g], title(f'grader {g + 1}'))
+        _show_binary(row[1 + g], graders[g], title(f'grader {g}'))
         _show_binary(row[1 + num_graders + g], recon[g],
-                     title(f'recon. {g + 1}'))
+                     title(f'recon. {g}'))
     for s in range(min(num_shown, len(samples))):
       _show_binary(row[1 + 2 * num_graders + s], samples[s],
-                   title(f'sample {s + 1}'))
-    _show_std(row[-1], foreground_std(samples),
-              title(f'std ({len(samples)} samples)'))
+                   title(f'sample {s}'))
+    _show_std(fig, row[-1], foreground_std(samples),
+              title(f'std ({len(samples)} samples)'), BINARY_STD_LABEL)
   fig.suptitle('Graders, posterior-mean reconstructions and prior samples',
                fontsize=9)
-  return _save(fig, path)
+  return fig
 
 
 def level_settings(num_latent_levels: int) -> List[Tuple[str, Tuple[bool,
@@ -180,62 +209,68 @@ def level_settings(num_latent_levels: int) -> List[Tuple[str, Tuple[bool,
           ('only local level', (True,) * (num - 1) + (False,))]
 
 
-def levels_figure(path: str, config, params, model, images: np.ndarray,
-                  num_samples: int = 8) -> str:
+def make_levels_figure(config, params, model, images: np.ndarray,
+                       num_samples: int = 8) -> mpl_figure.Figure:
   """Fig. 3 / 15: for each image and level setting a row of samples and the
-  std map; `images` float `[B, H, W, C]`."""
-  sample = jax.jit(model.sample, static_argnums=(3, 4))
+  std map; `images` float `[B, H, W, C]`. Rows are labelled with the image
+  (its index among the evaluated images) and the level setting."""
+  # `mean_levels` is traced: one compilation for the three settings.
+  sample = jax.jit(model.sample, static_argnums=3)
   settings = level_settings(model.num_latent_levels)
   key = jax.random.PRNGKey(config.seed)
   rows = []  # (image index, title, labels [N, H, W], num classes)
   for title, mean_levels in settings:
     key, sample_key = jax.random.split(key)
     logits = np.asarray(sample(params, sample_key, images, num_samples,
-                               mean_levels))  # [N, B, H, W, K]
+                               jnp.asarray(mean_levels)))  # [N, B, H, W, K]
     labels = np.argmax(logits, axis=-1)
     rows.extend((b, title, labels[:, b], logits.shape[-1])
                 for b in range(len(images)))
   rows.sort(key=lambda row: row[0])  # Group the settings of one image.
   fig, axes = _new_figure(len(rows), num_samples + 2)
-  for ax_row, (b, title, labels, num_classes) in zip(axes, rows):
+  for index, (ax_row, (b, setting, labels, num_classes)) in enumerate(
+      zip(axes, rows)):
+    title = _row_titles(index)
     image, cmap = _display_image(images[b])
-    _show(ax_row[0], image, f'image {b + 1}', cmap)
-    ax_row[0].set_ylabel(title, fontsize=7)
+    _show(ax_row[0], image, title('image'), cmap)
+    ax_row[0].set_ylabel(f'image {b}\n{setting}', fontsize=7)
     for s in range(num_samples):
       if num_classes == 2:
-        _show_binary(ax_row[1 + s], labels[s], f'sample {s + 1}')
+        _show_binary(ax_row[1 + s], labels[s], title(f'sample {s}'))
       else:
-        _show(ax_row[1 + s], colourise_labels(labels[s]), f'sample {s + 1}')
+        _show(ax_row[1 + s], colourise_labels(labels[s]),
+              title(f'sample {s}'))
     if num_classes == 2:
-      _show_std(ax_row[-1], foreground_std(labels == 1), 'std')
+      _show_std(fig, ax_row[-1], foreground_std(labels == 1), title('std'),
+                BINARY_STD_LABEL)
     else:
-      _show_std(ax_row[-1], one_hot_std(labels, num_classes), 'one-hot std',
-                vmax=1.0)
+      _show_std(fig, ax_row[-1], one_hot_std(labels, num_classes),
+                title('one-hot std'), ONE_HOT_STD_LABEL, vmax=1.0)
   fig.suptitle('Samples from the full hierarchy, the most global and the most '
                'local latent level (others at the prior mean)', fontsize=9)
-  return _save(fig, path)
+  return fig
 
 
-def clustering_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
-                      num_shown_samples: int = 6) -> str:
+def make_clustering_figure(examples: Sequence[Dict[str, np.ndarray]],
+                           num_shown_samples: int = 6) -> mpl_figure.Figure:
   """Fig. 4: per instance example image, target, reconstruction, clustering
   and `num_shown_samples` samples (categorical colours, background black)."""
   num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
   fig, axes = _new_figure(len(examples), 4 + num_shown)
   for index, (row, example) in enumerate(zip(axes, examples)):
-    title = (lambda text: text) if index == 0 else (lambda text: '')
+    title = _row_titles(index)
     image, cmap = _display_image(example['image'])
     _show(row[0], image, title('image'), cmap)
-    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    row[0].set_ylabel(f'image {index}', fontsize=7)
     _show(row[1], colourise_labels(example['target']), title('target'))
     _show(row[2], colourise_labels(example['recon']), title('recon.'))
     _show(row[3], colourise_labels(example['clusters']), title('clustering'))
     samples = np.asarray(example['samples'])
     for s in range(min(num_shown, len(samples))):
-      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s + 1}'))
+      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s}'))
   fig.suptitle('Instance segmentation: target, reconstruction, clustering of '
                'the samples, samples', fontsize=9)
-  return _save(fig, path)
+  return fig
 
 
 def _draw_hidden_border(ax, visible):
@@ -247,86 +282,33 @@ def _draw_hidden_border(ax, visible):
              linewidths=0.8)
 
 
-def extrapolation_figure(path: str, examples: Sequence[Dict[str, np.ndarray]],
-                         num_shown_samples: int = 6) -> str:
+def make_extrapolation_figure(examples: Sequence[Dict[str, np.ndarray]],
+                              num_shown_samples: int = 6
+                              ) -> mpl_figure.Figure:
   """Fig. 5: per masked example the image, the masked input, the target,
   the reconstruction, `num_shown_samples` samples and their per-pixel label
   disagreement, each with the border of the hidden region dashed."""
   num_shown = min(num_shown_samples, max(len(e['samples']) for e in examples))
   fig, axes = _new_figure(len(examples), 5 + num_shown)
   for index, (row, example) in enumerate(zip(axes, examples)):
-    title = (lambda text: text) if index == 0 else (lambda text: '')
+    title = _row_titles(index)
     image, cmap = _display_image(example['image'])
     _show(row[0], image, title('image'), cmap)
-    row[0].set_ylabel(f'example {index + 1}', fontsize=7)
+    row[0].set_ylabel(f'image {index}', fontsize=7)
     masked, masked_cmap = _display_image(example['masked_image'])
     _show(row[1], masked, title('masked input'), masked_cmap)
     _show(row[2], colourise_labels(example['target']), title('target'))
     _show(row[3], colourise_labels(example['recon']), title('recon.'))
     samples = np.asarray(example['samples'])
     for s in range(min(num_shown, len(samples))):
-      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s + 1}'))
-    _show_std(row[-1], example['diversity'], title('disagreement'), vmax=1.0)
+      _show(row[4 + s], colourise_labels(samples[s]), title(f'sample {s}'))
+    _show_std(fig, row[-1], example['diversity'], title('disagreement'),
+              DISAGREEMENT_LABEL, vmax=1.0)
     for ax in row[1:]:
       _draw_hidden_border(ax, example['visible'])
   fig.suptitle('Extrapolation: the prior sees the image and labels outside '
                'the dashed border only', fontsize=9)
-  return _save(fig, path)
-
-
-def _series(records: Sequence[Dict[str, Any]], key: str):
-  """Steps and values of `key` over the records that have it."""
-  pairs = [(r['step'], r[key]) for r in records
-           if key in r and r[key] is not None]
-  if not pairs:
-    return None
-  steps, values = zip(*pairs)
-  return np.asarray(steps), np.asarray(values, np.float64)
-
-
-def kl_level_keys(records: Sequence[Dict[str, Any]]) -> List[str]:
-  """`kl_0, kl_1, ...` present in the records, coarsest level first."""
-  keys = {k for r in records for k in r
-          if k.startswith('kl_') and k[3:].isdigit()}
-  return sorted(keys, key=lambda k: int(k[3:]))
-
-
-def training_curves_figure(path: str, config,
-                           records: Sequence[Dict[str, Any]]) -> Optional[str]:
-  """Fig. 7 / 8: rec_mean (and kappa), lambda, KL per level and KL sum vs
-  step. Returns None when the records hold none of these."""
-  loss_config = config.get('loss', None) if hasattr(config, 'get') else None
-  is_geco = loss_config is not None and loss_config.get('objective') == 'geco'
-  panels = []
-  rec = _series(records, 'rec_mean')
-  if rec is not None:
-    panels.append(('reconstruction loss per pixel', [('rec_mean', rec)],
-                   loss_config.get('kappa') if is_geco else None))
-  lagrange = _series(records, 'lambda')
-  if lagrange is not None:
-    panels.append(('GECO Lagrange multiplier', [('lambda', lagrange)], None))
-  kl_levels = [(k, _series(records, k)) for k in kl_level_keys(records)]
-  if kl_levels:
-    panels.append(('KL per level (0 = coarsest)', kl_levels, None))
-  kl_sum = _series(records, 'kl_sum')
-  if kl_sum is not None:
-    panels.append(('KL sum', [('kl_sum', kl_sum)], None))
-  if not panels:
-    return None
-  fig = mpl_figure.Figure(figsize=(3.6 * len(panels), 3.0))
-  axes = np.asarray(fig.subplots(1, len(panels), squeeze=False))[0]
-  for ax, (title, lines, kappa) in zip(axes, panels):
-    for label, (steps, values) in lines:
-      ax.plot(steps, values, label=label, linewidth=1)
-    if kappa is not None:
-      ax.axhline(kappa, color='k', linestyle='--', linewidth=1,
-                 label=f'kappa = {kappa:g}')
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel('step', fontsize=8)
-    ax.tick_params(labelsize=7)
-    if len(lines) > 1 or kappa is not None:
-      ax.legend(fontsize=7)
-  return _save(fig, path)
+  return fig
 
 
 def write_figures(out_dir: str, config, params, model, result,
@@ -346,33 +328,42 @@ def write_figures(out_dir: str, config, params, model, result,
   """
   os.makedirs(out_dir, exist_ok=True)
   examples = list(result.examples) if result is not None else []
-  paths = []
+  planned = []  # (file name, () -> Figure or None)
   lesions = [e for e in examples
              if all(k in e for k in ('image', 'graders', 'recon', 'samples'))]
   if lesions:
-    paths.append(samples_figure(os.path.join(out_dir, 'samples.png'), lesions))
+    planned.append(('samples.png', lambda: make_samples_figure(lesions)))
   instances = [e for e in examples if all(
       k in e for k in ('image', 'target', 'recon', 'clusters', 'samples'))]
   if instances:
-    paths.append(clustering_figure(os.path.join(out_dir, 'clustering.png'),
-                                   instances))
+    planned.append(('clustering.png',
+                    lambda: make_clustering_figure(instances)))
   extrapolations = [e for e in examples if all(
       k in e for k in ('image', 'masked_image', 'visible', 'target', 'recon',
                        'samples', 'diversity'))]
   if extrapolations:
-    paths.append(extrapolation_figure(
-        os.path.join(out_dir, 'extrapolation.png'), extrapolations))
+    planned.append(('extrapolation.png',
+                    lambda: make_extrapolation_figure(extrapolations)))
   # The model's input: with masking, the masked image and visible labels.
   images = [e.get('model_input', e['image']) for e in examples
             if 'image' in e][:3]
   if images and model is not None and model.num_latent_levels > 1:
-    paths.append(levels_figure(os.path.join(out_dir, 'levels.png'), config,
-                               params, model, np.stack(images)))
-  if workdir:
-    records = metric_writers.read_metrics(workdir)
-    if records:
-      path = training_curves_figure(
-          os.path.join(out_dir, 'training_curves.png'), config, records)
-      if path:
-        paths.append(path)
+    planned.append(('levels.png', lambda: make_levels_figure(
+        config, params, model, np.stack(images))))
+  records = metric_writers.read_metrics(workdir) if workdir else []
+  if records:
+    planned.append(('training_curves.png',
+                    lambda: training_curves.make_figure(config, records)))
+  paths = []
+  if not planned:
+    return paths
+  with progress.Progress('writing figures',
+                         total=len(planned), unit='figures') as report:
+    for index, (name, make) in enumerate(planned):
+      logging.info('writing figure %d/%d: %s ...', index + 1, len(planned),
+                   name)
+      fig = make()
+      if fig is not None:
+        paths.append(_save(fig, os.path.join(out_dir, name)))
+      report.update()
   return paths

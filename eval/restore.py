@@ -1,10 +1,15 @@
-"""Loads a trained model from a workdir for offline evaluation and predict."""
+"""Loads a trained model from a workdir for offline evaluation and predict.
+
+Orbax's INFO lines about the restore are dropped (`quiet_logs`); its
+warnings and errors stay.
+"""
 import os
 from typing import Any, NamedTuple, Optional
 
 import ml_collections
 
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import quiet_logs
 from hpunet_jax import models
 
 
@@ -29,6 +34,7 @@ def restore_latest(workdir: str,
     FileNotFoundError: no checkpoint in `<workdir>/checkpoints`.
     CheckpointError: every checkpoint is damaged.
   """
+  quiet_logs.quiet_libraries()
   directory = os.path.abspath(os.path.join(workdir,
                                            checkpointing.CHECKPOINT_DIR))
   if not os.path.isdir(directory):

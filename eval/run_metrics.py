@@ -1,13 +1,16 @@
 r"""Offline evaluation of a trained run: metrics.json, a table and figures.
 
-  python -m eval.run_metrics --workdir=/tmp/lesions [--split=test] \
-      [--num_samples=100] [--config=experiments/synthetic_lesions.py] \
-      [--num_examples=500] [--few_samples=16] [--hm_iou_convention=lcm] \
-      [--ged_self_pairs]
+  python -m eval.run_metrics --workdir=/tmp/hpunet_lesions [--split=test] \
+      [--num_samples=100] [--num_examples=200] [--overwrite] \
+      [--config=experiments/synthetic_lesions.py] [--few_samples=16] \
+      [--hm_iou_convention=lcm] [--ged_self_pairs]
 
 Restores the newest checkpoint in `<workdir>/checkpoints` (the config saved
 with it unless `--config` is given), samples with encoder-once sampling and
-writes `<workdir>/eval/<split>/metrics.json` plus PNG figures next to it.
+writes metrics.json, per_image.npz and PNG figures into a folder named by the
+settings, `<workdir>/eval/<split>/step<S>_samples<N>_images<M>/` (see
+`eval/outputs.py`). An existing folder is never replaced without
+`--overwrite`; other settings get their own folder.
 """
 import os
 import sys
@@ -20,7 +23,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from eval import evaluator
+from eval import outputs
 from eval import restore
+from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Task config; default: the one saved with the run.',
@@ -32,7 +38,12 @@ _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', None, 'Largest number of samples per image (GED at 16 '
     'and at this many); default config.eval.num_samples.')
 _NUM_EXAMPLES = flags.DEFINE_integer(
-    'num_examples', None, 'Evaluate only the first N images of the split.')
+    'num_examples', None, 'Evaluate only the first N images of the split; '
+    'default config.eval.num_examples (e.g. 200 for synthetic_lesions; the '
+    'whole split where the config says None). 0 = the whole split.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Replace an earlier evaluation with the same step, '
+    'split and settings (by default it is kept and the run refuses).')
 # Protocol options of the lesion tasks (README, "How the published LIDC
 # numbers were computed"); written into metrics.json as `protocol`.
 _FEW_SAMPLES = flags.DEFINE_integer(
@@ -48,13 +59,14 @@ _GED_SELF_PAIRS = flags.DEFINE_bool(
 
 def main(argv):
   del argv
+  quiet_logs.quiet_libraries()
   try:
     run = restore.restore_latest(_WORKDIR.value, _CONFIG.value)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, checkpointing.CheckpointError) as e:
     sys.exit(f'run_metrics: {e}')
   config = run.config
   if _NUM_EXAMPLES.value is not None:
-    config.eval.num_examples = _NUM_EXAMPLES.value
+    config.eval.num_examples = _NUM_EXAMPLES.value or None
   for name, flag in (('few_samples', _FEW_SAMPLES),
                      ('hm_iou_convention', _HM_IOU_CONVENTION),
                      ('ged_self_pairs', _GED_SELF_PAIRS)):
@@ -62,10 +74,14 @@ def main(argv):
       config.eval[name] = flag.value  # Adds it to configs saved before.
   split = _SPLIT.value or config.eval.split
   print(f'Evaluating checkpoint step {run.step} of {_WORKDIR.value} on '
-        f'{config.data.name}:{split}.')
-  evaluator.evaluate(config, run.params, run.model, split,
-                     _NUM_SAMPLES.value or config.eval.num_samples,
-                     workdir=_WORKDIR.value, checkpoint_step=run.step)
+        f'{config.data.name}:{split}.', flush=True)
+  try:
+    evaluator.evaluate(config, run.params, run.model, split,
+                       _NUM_SAMPLES.value or config.eval.num_samples,
+                       workdir=_WORKDIR.value, step=run.step,
+                       existing='overwrite' if _OVERWRITE.value else 'error')
+  except outputs.ResultsExistError as e:
+    sys.exit(f'run_metrics: {e}')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from eval import outputs
 from experiments import study_analysis
 from experiments import study_diagnostics
 from experiments import synthetic_cells
@@ -229,7 +230,7 @@ def train_or_load(config: ml_collections.ConfigDict,
     for a run trained outside the study),
     `trained` (whether this call trained or evaluated) and `run_dir`.
   """
-  eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+  eval_dir = outputs.final_results_dir(run_dir, config)
   timing_path = os.path.join(run_dir, TIMING_FILE)
   if os.path.exists(os.path.join(run_dir, 'config.json')):
     _check_same_config(config, run_dir)  # Also before resuming a run.

@@ -8,8 +8,9 @@ r"""The synthetic study of issue 6: the paper's claims on known-answer data.
    seeds 0..S-1 (`config.seed`) in `<workdir>/lesions/<variant>/seed<k>`,
    then `experiments/synthetic_cells.py` (`hpunet`, `spunet`) in
    `<workdir>/cells/...`, each with `train_lib.train_and_evaluate`. A run
-   whose `eval/<split>/metrics.json` and `per_image.npz` exist is finished and
-   skipped; an interrupted one resumes from its checkpoint, so rerunning the
+   whose final evaluation (metrics.json and per_image.npz in
+   `eval.outputs.final_results_dir`) exists is finished and skipped; an
+   interrupted one resumes from its checkpoint, so rerunning the
    same command continues the study.
 2. Pools the seeds' per-image values with `eval.bootstrap.pooled_bootstrap`
    and writes `<results_dir>/synthetic_lesions.json` and
@@ -57,6 +58,7 @@ import numpy as np
 
 from datasets import pipeline
 from eval import evaluator
+from eval import outputs
 from eval import restore
 from experiments import study_analysis
 from experiments import study_diagnostics
@@ -174,7 +176,7 @@ def copy_figures(task: str, variants: Sequence[str],
   for variant in variants:
     config = study_runs.make_config(task, variant, 0, options)
     run_dir = study_runs.run_dir_of(options, task, variant, 0)
-    eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+    eval_dir = outputs.final_results_dir(run_dir, config)
     for name in sorted(os.listdir(eval_dir)):
       if name.endswith('.png'):
         target = os.path.join(figure_dir, f'{task}_{variant}_{name}')

@@ -1,7 +1,7 @@
 r"""Synthetic lesions: LIDC-like, with an exactly known answer distribution.
 
   python -m experiments.train --config=experiments/synthetic_lesions.py \
-      --workdir=/tmp/lesions
+      --workdir=/tmp/hpunet_lesions
 
 The data set is generated (no download) and built into `config.data.data_dir`
 on first use. The default is sized to train a usable HPU-Net on a 2-core CPU

@@ -3,7 +3,7 @@ r"""Trains a model: `python -m experiments.train --config=... --workdir=...`.
 Examples:
 
   python -m experiments.train \
-      --config=experiments/synthetic_lesions.py --workdir=/tmp/lesions
+      --config=experiments/synthetic_lesions.py --workdir=/tmp/hpunet_lesions
   python -m experiments.train --config=experiments/lidc.py:spunet \
       --workdir=/tmp/lidc_spunet --config.num_train_steps=1000
   python -m experiments.train --config=experiments/cityscapes.py \
@@ -18,7 +18,6 @@ process per host with `--num_processes=P --process_id=i
 Kubernetes) `--distributed` (or `JAX_COORDINATOR_ADDRESS` in the environment)
 lets `jax.distributed.initialize()` find the rest by itself.
 """
-import logging as std_logging
 import os
 import sys
 
@@ -37,6 +36,7 @@ from experiments import config_checks
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import workdir_lock
+from hpunet_jax.runtime import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Task config file, e.g. experiments/lidc.py:hpunet.',
@@ -73,21 +73,11 @@ def _enable_compilation_cache(cache_dir: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def _quiet_checkpoint_library() -> None:
-  """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
-
-  def keep(record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING or
-            f'{os.sep}orbax{os.sep}' not in record.pathname)
-
-  logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  _quiet_checkpoint_library()
+  quiet_logs.quiet_libraries()  # Orbax's per-save INFO lines, TFDS's.
   _maybe_initialize_distributed()
   _enable_compilation_cache(config.compilation_cache_dir)
   logging.info('Process %d/%d, devices: %s', jax.process_index(),

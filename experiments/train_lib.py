@@ -31,6 +31,7 @@ from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import workdir_lock
 from experiments import config_checks
 from experiments import resume
+from hpunet_jax.runtime import progress
 from experiments import sharding
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
@@ -205,6 +206,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       evaluator.check_masking_supported(config.data.name)
 
 
+def _init_state(init_fn: Callable, rng: jax.Array,
+                state_sharding: jax.sharding.Sharding) -> TrainState:
+  """A fresh train state on the mesh (logged: initialisation compiles)."""
+  with progress.timed('Initialising the model and optimiser (compiling)'):
+    return jax.block_until_ready(
+        jax.jit(init_fn, out_shardings=state_sharding)(rng))
+
+
 def _abstract_state(init_fn: Callable, rng: jax.Array,
                     state_sharding: jax.sharding.Sharding) -> TrainState:
   """Shapes, dtypes and shardings of the train state, without computing it."""
@@ -315,7 +324,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       config.data, batch_size=config.batch_size // process_count,
       seed=config.seed, shard_index=process_index, shard_count=process_count)
   initial_loader_state = train_iter.get_state()
-  batch_example, init_batch = _batch_shapes(config, mesh, next(train_iter),
+  with progress.timed('Reading the first batch'):
+    first_batch = next(train_iter)
+  batch_example, init_batch = _batch_shapes(config, mesh, first_batch,
                                             augment_config, masking_config)
   state_sharding = sharding.replicated(mesh)
   init_fn = lambda rng: init_train_state(
@@ -328,8 +339,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       max_to_keep=config.checkpoints_to_keep)
   try:
     start_step, state = resume.restore_or_init(
-        checkpointer, config,
-        lambda: jax.jit(init_fn, out_shardings=state_sharding)(rng),
+        checkpointer, config, lambda: _init_state(init_fn, rng, state_sharding),
         lambda: _abstract_state(init_fn, rng, state_sharding), train_iter,
         initial_loader_state)
   except BaseException:
@@ -384,6 +394,8 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
   with checkpointing.StopRequest() as stop_request:
     if start_step < total_steps:
       local_batch = next(train_iter)
+      logging.info('Compiling the train step (it runs as step %d) ...',
+                   start_step + 1)
     for step in range(start_step + 1, total_steps + 1):
       loader_state = train_iter.get_state()  # Position after this batch.
       state, scalars = train_step(state,
@@ -391,6 +403,8 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
       if step < total_steps:
         local_batch = next(train_iter)  # Overlaps with the device step.
       scalars = jax.device_get(scalars)
+      if step == start_step + 1:  # Logs the compile time; ETA starts here.
+        writer.first_step_done(step)
       _check_finite(step, scalars, last_checkpoint)
       if step % config.log_every_steps == 0 or step == total_steps:
         writer.write(step, scalars)
@@ -412,8 +426,8 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
   """Runs the evaluator on `config.eval.split` and logs its summary.
 
   Only process 0 evaluates, on its local device with a host copy of the
-  parameters; the evaluator also writes `<workdir>/eval/<split>/metrics.json`
-  and figures.
+  parameters; the evaluator also writes metrics.json and figures into
+  `eval.outputs.final_results_dir(workdir, config)`.
 
   Args:
     config: the run's config; `config.eval` gives `split` and `num_samples`
@@ -433,9 +447,10 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
   if jax.process_index() != 0:
     return None
   from eval import evaluator  # pylint: disable=g-import-not-at-top
+  # Into `eval.outputs.final_results_dir`; a rerun of a finished run keeps it.
   summary = evaluator.evaluate(config, params, model, config.eval.split,
                                config.eval.num_samples, workdir=workdir,
-                               checkpoint_step=config.num_train_steps)
+                               step=config.num_train_steps, existing='keep')
   logging.info('Evaluation on %s with %d samples: %s', config.eval.split,
                config.eval.num_samples, summary)
   return summary

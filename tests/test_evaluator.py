@@ -82,3 +82,30 @@ def test_format_table_has_model_and_oracle_rows():
       'iou_rec': 0.9, 'iou_rec_std': 0.01, 'num_images': 3,
       'oracle': {'exact_ged': 0.1, 'exact_ged_std': 0.02}})
   assert 'model' in table and 'oracle' in table and 'iou_rec' in table
+
+
+def test_tiny_evaluation_reports_counts_rate_and_eta(tmp_path, caplog,
+                                                     monkeypatch):
+  import logging  # pylint: disable=g-import-not-at-top
+  from experiments import synthetic_lesions  # pylint: disable=g-import-not-at-top
+  from hpunet_jax.runtime import progress  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(progress, 'LOG_EVERY_SECONDS', 0.0)  # Every batch.
+  caplog.set_level(logging.INFO)
+  config = synthetic_lesions.get_config('tiny')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.eval.update(batch_size=1, num_examples=3, num_resamples=10,
+                     num_figure_examples=0)
+  model = models.make_model(config.model_type, config.model.to_dict())
+  size = tuple(config.image_size)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + size + (1,)),
+                      jnp.zeros((1,) + size, jnp.int32))
+  result = evaluator.Evaluator(config, model).run(params, 'validation', 2)
+  assert result.metrics['num_images'] == 3
+  lines = [r.getMessage() for r in caplog.records
+           if 'evaluating synthetic_lesions:validation' in r.getMessage()]
+  assert 'first 1 images done in' in lines[1], lines
+  # After the compiling batch: counts, per-image and per-sample rates, ETA.
+  assert '2/3 images (67%)' in lines[2] and 'ETA 0:00:' in lines[2], lines
+  assert 'images/s' in lines[2] and 'samples/s' in lines[2], lines
+  assert lines[-1].startswith(
+      'evaluating synthetic_lesions:validation: done, 3/3 images'), lines

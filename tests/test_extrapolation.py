@@ -253,14 +253,14 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_writes_inside_outside_metrics_and_figure(tiny_run):
   _, state, workdir = tiny_run
   assert int(state.step) == 2
-  summary = json.loads((workdir / 'eval' / 'test' / 'metrics.json')
-                       .read_text())
+  out = workdir / 'eval' / 'test' / 'step2_samples4_images2'
+  summary = json.loads((out / 'metrics.json').read_text())
   for name in ('iou_rec_masked', 'iou_rec_visible', 'diversity_masked',
                'diversity_visible', 'rand_error_visible', 'masked_fraction'):
     assert name in summary and np.isfinite(summary[name]), (name, summary)
   assert 0.25 <= summary['masked_fraction'] <= 0.75
-  assert (workdir / 'eval' / 'test' / 'extrapolation.png').stat().st_size
-  assert (workdir / 'eval' / 'test' / 'levels.png').stat().st_size
+  assert (out / 'extrapolation.png').stat().st_size
+  assert (out / 'levels.png').stat().st_size
 
 
 def test_evaluation_masks_are_fixed_per_image(tiny_run):

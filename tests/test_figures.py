@@ -11,6 +11,7 @@ import pytest
 
 from eval import evaluator
 from eval import figures
+from eval import training_curves
 from hpunet_jax import models
 
 SIZE = 16
@@ -121,12 +122,76 @@ def test_single_level_model_and_no_examples_skip_figures(tmp_path):
 def test_training_curves_elbo(tmp_path):
   _write_metrics(tmp_path, geco=False)
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  path = figures.training_curves_figure(str(tmp_path / 'curves.png'),
-                                        _config('elbo'), records)
+  path = training_curves.write(str(tmp_path / 'curves.png'), _config('elbo'),
+                               records)
   _check_png(path)
-  assert figures.training_curves_figure(str(tmp_path / 'none.png'),
-                                        _config(), [{'step': 1}]) is None
-  assert figures.kl_level_keys(records) == ['kl_0', 'kl_1']
+  assert training_curves.write(str(tmp_path / 'none.png'), _config(),
+                               [{'step': 1}]) is None
+  assert not (tmp_path / 'none.png').exists()
+  assert training_curves.kl_level_keys(records) == ['kl_0', 'kl_1']
+
+
+def _colour_bar_labels(fig):
+  """Labels of the colour bars of every image drawn in `fig`."""
+  return [image.colorbar.ax.get_ylabel() for ax in fig.axes
+          for image in ax.get_images() if image.colorbar is not None]
+
+
+def test_training_curves_have_units_and_readable_legends(tmp_path):
+  _write_metrics(tmp_path)
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  config = _config()
+  config.loss.top_k_fraction = 0.02
+  fig = training_curves.make_figure(config, records)
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles == ['reconstruction', 'GECO Lagrange multiplier',
+                    'KL per latent level', 'KL, all levels']
+  y_labels = [ax.get_ylabel() for ax in fig.axes]
+  assert 'nats' in y_labels[0] and 'top-k 2%' in y_labels[0]
+  assert y_labels[1] == 'lambda (unitless)'
+  assert y_labels[2] == y_labels[3] == 'KL (nats per image)'
+  assert all(ax.get_xlabel() == 'training step' for ax in fig.axes)
+  legends = [[t.get_text() for t in ax.get_legend().get_texts()]
+             for ax in fig.axes if ax.get_legend() is not None]
+  assert legends == [['reconstruction', 'kappa = 0.05 (GECO target)'],
+                     ['level 0 (coarsest)', 'level 1 (finest)']]
+  raw_keys = {'rec_mean', 'kl_0', 'kl_1', 'kl_sum'}
+  assert not raw_keys & {t for legend in legends for t in legend}
+
+
+def test_continuous_maps_have_colour_bars_and_rows_are_labelled(tiny_model):
+  model, params = tiny_model
+  rng = np.random.default_rng(3)
+  examples = _lesion_result(rng).examples
+  fig = figures.make_samples_figure(examples)
+  # One std map per image, each with a labelled colour bar.
+  assert _colour_bar_labels(fig) == [figures.BINARY_STD_LABEL] * 2
+  rows = [ax.get_ylabel() for ax in fig.axes
+          if ax.get_ylabel().startswith('image')]
+  assert rows == ['image 0', 'image 1']
+  titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+  assert 'sample 0' in titles and 'sample 8' not in titles
+  assert 'grader 0' in titles
+
+  images = np.stack([e['image'] for e in examples])
+  fig = figures.make_levels_figure(_config(), params, model, images,
+                                   num_samples=3)
+  rows = [ax.get_ylabel() for ax in fig.axes
+          if ax.get_ylabel().startswith('image')]
+  settings = [name for name, _ in figures.level_settings(2)]
+  assert rows == [f'image {b}\n{name}' for b in (0, 1) for name in settings]
+  assert _colour_bar_labels(fig) == [figures.BINARY_STD_LABEL] * 6
+  titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+  assert titles == ['image', 'sample 0', 'sample 1', 'sample 2', 'std']
+
+  masked = dict(examples[0], masked_image=examples[0]['image'],
+                visible=np.ones((SIZE, SIZE)), target=np.zeros((SIZE, SIZE),
+                                                               np.int32),
+                recon=np.zeros((SIZE, SIZE), np.int32),
+                diversity=np.zeros((SIZE, SIZE)))
+  masked['samples'] = np.zeros((4, SIZE, SIZE), np.int32)
+  fig = figures.make_extrapolation_figure([masked])
+  assert _colour_bar_labels(fig) == [figures.DISAGREEMENT_LABEL]
 
 
 def test_level_settings():

@@ -1,32 +1,48 @@
 """`python -m eval.run_metrics` on a tiny trained checkpoint."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from eval import outputs
 from experiments import synthetic_lesions
 from experiments import train_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_run_metrics_writes_metrics_oracle_and_figures(tmp_path):
+def _run_metrics(*args, timeout=600):
+  return subprocess.run(
+      [sys.executable, '-m', 'eval.run_metrics', *args],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+      check=False)
+
+
+def test_run_metrics_keeps_every_evaluation(tmp_path):
   config = synthetic_lesions.get_config('tiny')
   config.num_train_steps = 2
   config.eval.num_samples = 0  # No evaluation inside training.
   config.data.data_dir = str(tmp_path / 'tfds')
   workdir = tmp_path / 'run'
   train_lib.train_and_evaluate(config, str(workdir))
-  run = subprocess.run(
-      [sys.executable, '-m', 'eval.run_metrics', f'--workdir={workdir}',
-       '--num_samples=6', '--num_examples=3', '--split=validation',
-       # A protocol other than the config's: written into metrics.json.
-       '--few_samples=4', '--hm_iou_convention=repeat_gt',
-       '--noged_self_pairs'],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
-  assert run.returncode == 0, run.stderr
-  assert 'oracle' in run.stdout and 'exact_ged' in run.stdout
-  out = workdir / 'eval' / 'validation'
+  # A protocol other than the config's: written into metrics.json and into
+  # the folder's name.
+  protocol = ('--few_samples=4', '--hm_iou_convention=repeat_gt',
+              '--noged_self_pairs')
+  first = _run_metrics(f'--workdir={workdir}', '--num_samples=6',
+                       '--num_examples=3', '--split=validation', *protocol)
+  assert first.returncode == 0, first.stderr
+  assert 'oracle' in first.stdout and 'exact_ged' in first.stdout
+  out = (workdir / 'eval' / 'validation' /
+         'step2_samples6_images3_few4_repeat_gt_noself')
+  assert f'Wrote {out}/' in first.stdout and 'samples.png' in first.stdout
+  # No Orbax INFO chatter; the evaluation's own progress lines are there.
+  assert 'orbax' not in first.stderr.lower(), first.stderr
+  assert 'done, 3/3 images' in first.stderr, first.stderr
   summary = json.loads((out / 'metrics.json').read_text())
   assert summary['num_images'] == 3 and summary['num_samples'] == 6
   for key in ('iou_rec', 'ged_6', 'ged_4', 'hm_iou', 'exact_ged',
@@ -41,11 +57,77 @@ def test_run_metrics_writes_metrics_oracle_and_figures(tmp_path):
   assert summary['oracle']['exact_ged'] < 0.5
   for name in ('samples.png', 'training_curves.png'):
     assert (out / name).stat().st_size > 1000
-  missing = subprocess.run(
-      [sys.executable, '-m', 'eval.run_metrics',
-       f'--workdir={tmp_path / "nothing"}'],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  first_files = {p.name: p.read_bytes() for p in out.iterdir()}
+
+  # Other settings: a folder of their own; the first stays byte for byte.
+  second = _run_metrics(f'--workdir={workdir}', '--num_samples=4',
+                        '--num_examples=2', '--split=validation')
+  assert second.returncode == 0, second.stderr
+  other = workdir / 'eval' / 'validation' / 'step2_samples4_images2'
+  assert json.loads((other / 'metrics.json').read_text())['num_images'] == 2
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == first_files
+  # The same settings again: refused before any work, nothing changed.
+  again = _run_metrics(f'--workdir={workdir}', '--num_samples=6',
+                       '--num_examples=3', '--split=validation', *protocol)
+  assert again.returncode == 1
+  assert again.stderr.strip().splitlines()[-1].startswith(
+      f'run_metrics: {out} already holds an evaluation'), again.stderr
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == first_files
+  assert sorted(p.name for p in (workdir / 'eval' / 'validation').iterdir()
+                ) == ['step2_samples4_images2',
+                      'step2_samples6_images3_few4_repeat_gt_noself']
+
+  missing = _run_metrics(f'--workdir={tmp_path / "nothing"}', timeout=300)
   assert missing.returncode == 1
   assert missing.stderr.strip().splitlines()[-1].startswith(
       'run_metrics: No checkpoints in'), missing.stderr
   assert 'Traceback' not in missing.stderr
+
+
+def test_num_examples_help_names_the_config_default():
+  run = _run_metrics('--helpfull', timeout=300)
+  text = ' '.join(run.stdout.split())
+  assert 'default config.eval.num_examples' in text, run.stdout[-2000:]
+
+
+def test_protocol_tag_names_only_departures_from_the_paper():
+  assert outputs.protocol_tag({}) == ''
+  assert outputs.protocol_tag({'few_samples': 16, 'hm_iou_convention': 'lcm',
+                               'ged_self_pairs': True}) == ''
+  assert outputs.protocol_tag({'few_samples': 50}) == '_few50'
+  assert outputs.protocol_tag({'hm_iou_convention': 'repeat_gt',
+                               'ged_self_pairs': False}) == '_repeat_gt_noself'
+
+
+def test_results_folders_are_named_by_settings_and_written_whole(tmp_path):
+  assert outputs.results_dir('w', 'test', step=1000, num_samples=100,
+                             num_examples=None) == os.path.join(
+                                 'w', 'eval', 'test',
+                                 'step1000_samples100_imagesall')
+  out = outputs.results_dir(str(tmp_path), 'test', step=5, num_samples=4,
+                            num_examples=2)
+
+  def figures(folder):
+    path = os.path.join(folder, 'a.png')
+    with open(path, 'wb') as f:
+      f.write(b'png')
+    return [path]
+
+  def failing_figures(folder):
+    figures(folder)
+    raise RuntimeError('figure failed')
+
+  paths = outputs.write_results(out, {'iou_rec': 0.5}, {'iou_rec': np.ones(2)},
+                                figures, overwrite=False)
+  assert paths == [os.path.join(out, 'a.png')] and outputs.is_complete(out)
+  with pytest.raises(outputs.ResultsExistError, match='--overwrite'):
+    outputs.write_results(out, {'iou_rec': 0.1}, {}, figures, overwrite=False)
+  # A failure half-way leaves the earlier folder and no temporary one.
+  with pytest.raises(RuntimeError, match='figure failed'):
+    outputs.write_results(out, {'iou_rec': 0.2}, {'iou_rec': np.zeros(2)},
+                          failing_figures, overwrite=True)
+  assert outputs.load_metrics(out) == {'iou_rec': 0.5}
+  assert os.listdir(os.path.dirname(out)) == [os.path.basename(out)]
+  outputs.write_results(out, {'iou_rec': 0.3}, {'iou_rec': np.zeros(2)},
+                        figures, overwrite=True)
+  assert outputs.load_metrics(out) == {'iou_rec': 0.3}

@@ -95,7 +95,8 @@ def test_run_logs_checkpoints_and_evaluates(straight_run):
   checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'))
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.restore_config(4)['data']['name'] == 'synthetic_lesions'
-  metrics = json.loads((workdir / 'eval' / 'test' / 'metrics.json').read_text())
+  eval_dir = workdir / 'eval' / 'test' / 'step4_samples4_images2'
+  metrics = json.loads((eval_dir / 'metrics.json').read_text())
   # Which parameters were evaluated, and the run's own record of its end.
   config_hash = json.loads((workdir / 'finished.json').read_text())[
       'config_hash']
@@ -306,7 +307,8 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in records)
   summary = json.loads(
-      (tmp_path / 'run' / 'eval' / 'test' / 'metrics.json').read_text())
+      (tmp_path / 'run' / 'eval' / 'test' / 'step2_samples4_images2' /
+       'metrics.json').read_text())
   expected = {'lesions_spunet': {'iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
                                  'oracle'},
               'lidc': {'iou_rec', 'ged_4', 'hm_iou'},

@@ -10,7 +10,6 @@ On a restart from step `s`, records of steps > `s` (written after the last
 checkpoint by the interrupted run) are dropped from `metrics.jsonl` and
 TensorBoard is told to purge them, so both read as one uninterrupted run.
 """
-import datetime
 import json
 import os
 import re
@@ -20,6 +19,8 @@ from typing import Mapping, Optional
 from absl import logging
 import numpy as np
 import tensorboardX
+
+from hpunet_jax.runtime import progress
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -56,8 +57,9 @@ def _kl_levels(scalars: Mapping[str, float]) -> list:
 
 
 def format_progress(step: int, total_steps: int, scalars: Mapping[str, float],
-                    steps_per_sec: float) -> str:
-  """One human-readable progress line."""
+                    steps_per_sec: float, show_eta: bool = True) -> str:
+  """One human-readable progress line; `show_eta` False while the rate
+  still includes compilation."""
   parts = [f'step {step}/{total_steps}']
   for key, label in (('loss', 'loss'), ('rec_mean', 'rec/px'),
                      ('lambda', 'lambda')):
@@ -69,10 +71,9 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, float],
                  (f' (sum {scalars["kl_sum"]:.4g})' if 'kl_sum' in scalars
                   else ''))
   parts.append(f'{steps_per_sec:.3g} steps/s')
-  if steps_per_sec > 0:
-    eta = datetime.timedelta(
-        seconds=round((total_steps - step) / steps_per_sec))
-    parts.append(f'ETA {eta}')
+  if steps_per_sec > 0 and show_eta:
+    parts.append('ETA ' + progress.format_duration(
+        (total_steps - step) / steps_per_sec))
   return ' | '.join(parts)
 
 
@@ -94,6 +95,7 @@ class MetricWriter:
     self._enabled = enabled
     self._last_time = time.monotonic()
     self._last_step = start_step
+    self._first_step_seconds = None  # Set by `first_step_done`.
     self._jsonl_path = os.path.join(workdir, METRICS_FILE)
     self._tb: Optional[tensorboardX.SummaryWriter] = None
     if enabled:
@@ -103,17 +105,33 @@ class MetricWriter:
           os.path.join(workdir, TENSORBOARD_DIR),
           purge_step=start_step + 1 if start_step else None)
 
+  def first_step_done(self, step: int) -> None:
+    """Logs how long the first step (compilation included) took and starts
+    the rate clock after it, so the ETA is the steady-state one."""
+    now = time.monotonic()
+    self._first_step_seconds = now - self._last_time
+    if self._enabled:
+      logging.info('Compiled the train step and ran step %d in %.1f s; rates '
+                   'and ETAs are measured from here.', step,
+                   self._first_step_seconds)
+    self._last_time, self._last_step = now, step
+
   def write(self, step: int, scalars: Mapping[str, float]) -> dict:
     """Logs the scalars of `step` (host numbers) and returns the record."""
     now = time.monotonic()
-    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    steady = step > self._last_step
+    if steady:
+      steps_per_sec = (step - self._last_step) / max(now - self._last_time,
+                                                     1e-9)
+    else:  # The compiling step itself: its own (compile-bound) rate.
+      steps_per_sec = 1.0 / max(self._first_step_seconds or 0.0, 1e-9)
     self._last_time, self._last_step = now, step
     record = {k: float(np.asarray(v)) for k, v in scalars.items()}
     record['steps_per_sec'] = steps_per_sec
     if not self._enabled:
       return record
     logging.info('%s', format_progress(step, self._total_steps, record,
-                                       steps_per_sec))
+                                       steps_per_sec, show_eta=steady))
     with open(self._jsonl_path, 'a') as f:
       f.write(json.dumps({'step': step, **record}) + '\n')
     for key, value in record.items():
