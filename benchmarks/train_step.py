@@ -57,7 +57,7 @@ def _trainer_step(config, model, batch):
       augment_config=config.augment.to_dict(), mesh=mesh,
       batch_example=batch,
       eigen_conv=False)  # The options are compared at compile time.
-  # Initialised op by op: jitting the initialiser costs minutes of compile.
+  # `model.init` draws on the host (hpunet_jax/initialisation.py): no jit.
   state = train_lib.init_train_state(
       jax.random.PRNGKey(config.seed), {k: v[:1] for k, v in batch.items()},
       model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
@@ -94,7 +94,7 @@ def _composed_step(config, model, batch):
     return dict(trainable=trainable, opt_state=optimizer.init(trainable),
                 geco_state=objective.init_geco_state(), rng=rng)
 
-  state = init(jax.random.PRNGKey(config.seed))  # Op by op, see above.
+  state = init(jax.random.PRNGKey(config.seed))  # Not jitted, see above.
   return jax.jit(step, donate_argnums=(0,)), state
 
 

@@ -90,6 +90,13 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
   # convolutions on XLA's Eigen kernels (hpunet_jax/runtime/xla_options.py): 27 %
   # faster at 128x128, neutral at 64x64. Ignored where unsupported.
   config.xla_cpu_eigen_conv = True
+  # Dtype the networks compute in (hpunet_jax/precision.py): 'float32', or
+  # 'bfloat16' for convolutions and activations in bf16 (TPU/GPU) with float32
+  # parameters, optimiser state, KL and loss.
+  config.compute_dtype = 'float32'
+  # Precision of convolutions and matmuls: 'default' (XLA's; on TPU float32
+  # convolutions then use bf16 passes), 'high' or 'highest' (full float32).
+  config.conv_precision = 'default'
   # The task file sets the rest: model_type ('hpunet' | 'spunet'), model
   # (kwargs of the model class), loss, optimizer, data (datasets.pipeline),
   # augment (kwargs of datasets.augment.augment_batch) and eval.

@@ -36,6 +36,7 @@ from experiments import sharding
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
 from hpunet_jax import objective
+from hpunet_jax import precision
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,8 +126,8 @@ def make_train_step(*, model: models.Model,
                     mesh: jax.sharding.Mesh,
                     batch_example: Mapping[str, Any],
                     eigen_conv: bool,
-                    masking_config: Optional[Mapping[str, Any]] = None
-                    ) -> Callable:
+                    masking_config: Optional[Mapping[str, Any]] = None,
+                    conv_precision: str = 'default') -> Callable:
   """The jitted, state-donating train step for `mesh`.
 
   Args:
@@ -141,6 +142,7 @@ def make_train_step(*, model: models.Model,
     eigen_conv: `config.xla_cpu_eigen_conv` (see `xla_options.jit_kwargs`).
     masking_config: kwargs of `datasets.masking.extrapolation_mask`, applied
       after the augmentation (extrapolation task); None = off.
+    conv_precision: `config.conv_precision` (`hpunet_jax.precision`).
 
   Returns:
     `train_step(state, batch) -> (state, scalars)`; `scalars` holds the
@@ -176,13 +178,19 @@ def make_train_step(*, model: models.Model,
                            rng=rng)
     return new_state, scalars
 
-  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+  def train_step_at_precision(state: TrainState, batch):
+    with precision.conv_precision_context(conv_precision):
+      return train_step(state, batch)
+
+  return jax.jit(train_step_at_precision,
+                 in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, state_sharding),
                  donate_argnums=(0,), **xla_options.jit_kwargs(eigen_conv))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for settings the loop cannot run with."""
+  precision.check(config.compute_dtype, config.conv_precision)
   for key in ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
               'batch_size'):
     if int(config[key]) <= 0:
@@ -313,7 +321,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh(config.mesh_shape)
   logging.info('Mesh %s over %d devices, %d process(es).', dict(mesh.shape),
                mesh.size, process_count)
-  model = models.make_model(config.model_type, config.model.to_dict())
+  model = precision.mixed_precision_model(
+      models.make_model(config.model_type, config.model.to_dict()),
+      config.compute_dtype)
   optimizer, schedule = make_optimizer(config.optimizer.to_dict())
   loss_config = config.loss.to_dict()
   augment_config = config.augment.to_dict()
@@ -353,7 +363,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       loss_config=loss_config, augment_config=augment_config, mesh=mesh,
       batch_example=batch_example,
       eigen_conv=config.xla_cpu_eigen_conv,
-      masking_config=masking_config)
+      masking_config=masking_config, conv_precision=config.conv_precision)
   writer = metric_writers.MetricWriter(
       workdir, start_step=start_step, total_steps=config.num_train_steps,
       enabled=process_index == 0)

@@ -2,7 +2,7 @@
 
 ```python
 model = make_model('hpunet', config.model)   # or 'spunet'
-params = model.init(rng, image, segmentation)
+params = model.init(rng, image, segmentation)   # drawn on the host
 out = model.train_forward(params, rng, image, segmentation)
 samples = model.sample(params, rng, image, num_samples=16)   # [N,B,H,W,K]
 ```
@@ -10,6 +10,10 @@ samples = model.sample(params, rng, image, num_samples=16)   # [N,B,H,W,K]
 Sampling runs the encoder once and maps the decoder path over N keys
 (paper Sec. 2: "only the U-Net's decoder needs to be rerun"), `SAMPLE_CHUNK`
 keys at a time.
+
+`init` draws the parameters on the host (`hpunet_jax.initialisation`: same
+tree and distributions, no minutes-long compile of random draws and QRs);
+`init_in_graph` is Haiku's own init, kept as the reference.
 
 Shape glossary: `B` batch, `H, W` image size, `C_in` image channels, `K`
 classes, `N` samples, `L` latent levels.
@@ -20,6 +24,7 @@ import haiku as hk
 import jax
 
 from hpunet_jax import hpunet
+from hpunet_jax import initialisation
 from hpunet_jax import spunet
 
 # Decoder passes vmapped together when sampling. One vmap over all N keys
@@ -38,7 +43,9 @@ class Model(NamedTuple):
   """Pure functions of one model; see docs/interfaces.md.
 
   Attributes:
-    init: `(rng, image [B,H,W,C_in], segmentation [B,H,W]) -> params`.
+    init: `(rng, image [B,H,W,C_in], segmentation [B,H,W]) -> params`,
+      drawn on the host from NumPy generators seeded by `rng` (same tree and
+      distributions as `init_in_graph`, other values).
     train_forward: `(params, rng, image, segmentation) -> TrainOutputs`.
     reconstruct: `(params, image, segmentation) -> logits [B,H,W,K]` from the
       posterior means.
@@ -50,6 +57,8 @@ class Model(NamedTuple):
     sample_full_rerun: same result as `sample`, re-running the whole network
       for each sample (the reference for tests and benchmarks).
     num_latent_levels: L.
+    init_in_graph: Haiku's own init, every draw and QR in the graph (its jit
+      compiles for minutes for the LIDC model).
   """
   init: Callable[..., Any]
   train_forward: Callable[..., Any]
@@ -59,6 +68,7 @@ class Model(NamedTuple):
   sample: Callable[..., Any]
   sample_full_rerun: Callable[..., Any]
   num_latent_levels: int
+  init_in_graph: Callable[..., Any]
 
 
 def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
@@ -85,6 +95,10 @@ def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
   transformed = hk.multi_transform(template)
   (train_apply, reconstruct_apply, encode_apply, decode_apply,
    sample_one_apply) = transformed.apply
+
+  init = initialisation.host_init(
+      lambda image, segmentation: model_class(**kwargs).train_forward(
+          image, segmentation))
   num_latent_levels = hk.transform(
       lambda: model_class(**kwargs).num_latent_levels).apply({}, None)
 
@@ -110,7 +124,8 @@ def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
     return jax.numpy.stack([sample_one_apply(params, key, image, mean_levels)
                             for key in keys])
 
-  return Model(init=transformed.init, train_forward=train_apply,
+  return Model(init=init, train_forward=train_apply,
                reconstruct=reconstruct, encode=encode, decode=decode,
                sample=sample, sample_full_rerun=sample_full_rerun,
-               num_latent_levels=num_latent_levels)
+               num_latent_levels=num_latent_levels,
+               init_in_graph=transformed.init)
