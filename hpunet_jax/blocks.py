@@ -41,8 +41,8 @@ class Conv2D(hk.Module):
   `pointwise_conv`, whose weight gradient is much faster on XLA:CPU.
 
   Input and output go through `partitioning.feature_map`, which under
-  spatial partitioning keeps a level's height split only where it divides
-  into the spatial mesh axis (XLA's partitioner gets coarser levels wrong).
+  spatial partitioning keeps a level's height split only while each device
+  holds enough rows (XLA's partitioner gets coarser levels wrong).
   """
 
   def __init__(self, channels: int, kernel: int, name: Optional[str] = None):
@@ -111,13 +111,16 @@ pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 def resize_down(x: jax.Array) -> jax.Array:
   """2x2 average pooling, stride 2: `[B, H, W, C] -> [B, H/2, W/2, C]`."""
-  return hk.avg_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
-                     padding='VALID')
+  x = partitioning.pooling_input(x, factor=2)
+  return partitioning.feature_map(
+      hk.avg_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
+                  padding='VALID'))
 
 
 def resize_up(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2: `[B, H, W, C] -> [B, 2H, 2W, C]`."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return partitioning.feature_map(
+      jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
 class ResBlock(hk.Module):

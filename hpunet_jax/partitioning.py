@@ -8,7 +8,8 @@ and there it computes wrong gradients: with both mesh axes > 1 the weight
 gradients of 3x3 convolutions on a 2x2 map come out twice too large, or far
 off when each device holds one of its 2 rows (docs/spatial_partitioning.md).
 
-`feature_map` pins each convolution's input and output (and, through the
+`feature_map` pins each convolution's input and output, and each resize's
+output, `pooling_input` each pooling's input (and, through the
 transpose of `with_sharding_constraint`, their cotangents in the backward
 pass): the height stays split while it divides evenly into the spatial axis
 with at least `min_rows_per_device` rows on each device, and is replicated
@@ -91,8 +92,13 @@ def feature_map_spec(shape, mesh_shape, batch_axis: str, spatial_axis: str,
   return PartitionSpec(batch_spec, height_spec, *([None] * (len(shape) - 2)))
 
 
-def feature_map(x: jax.Array) -> jax.Array:
+def feature_map(x: jax.Array, height: Optional[int] = None) -> jax.Array:
   """Constrains a `[B, H, W, C]` feature map as `feature_map_spec` says.
+
+  Args:
+    x: `[B, H, W, C]`.
+    height: the height whose rule applies (default `H`); `pooling_input`
+      passes the pooled height.
 
   The identity outside `spatial_partitioning` or on a mesh without a spatial
   split (then XLA's batch partitioning is already exact).
@@ -100,6 +106,15 @@ def feature_map(x: jax.Array) -> jax.Array:
   active = _ACTIVE.get()
   if active is None or active.mesh.shape[active.spatial_axis] == 1:
     return x
-  spec = feature_map_spec(x.shape, active.mesh.shape, active.batch_axis,
+  shape = (x.shape[0], x.shape[1] if height is None else height) + x.shape[2:]
+  spec = feature_map_spec(shape, active.mesh.shape, active.batch_axis,
                           active.spatial_axis, active.min_rows_per_device)
   return jax.lax.with_sharding_constraint(x, NamedSharding(active.mesh, spec))
+
+
+def pooling_input(x: jax.Array, factor: int) -> jax.Array:
+  """Constrains the input `[B, H, W, C]` of a `factor`x pooling to the spec of
+  its output level: where that level is replicated over the spatial axis, the
+  rows are gathered *before* pooling (pooling split rows into a replicated
+  output gave wrong gradients, docs/spatial_partitioning.md)."""
+  return feature_map(x, height=x.shape[1] // factor)
