@@ -308,7 +308,10 @@ def multiclass_iou(pred, gt, classes, mask=None):
   return float(np.mean(ious)) if ious else float('nan')
 
 
-def adapted_rand_scores(pred, gt, *, pred_zero='singletons',
+PRED_ZERO_CONVENTIONS = ('snemi3d', 'singletons', 'segment')
+
+
+def adapted_rand_scores(pred, gt, *, pred_zero='snemi3d',
                         include_self_pairs=True):
   """Foreground-restricted adapted Rand (SNEMI3D): (error, precision, recall).
 
@@ -321,26 +324,27 @@ def adapted_rand_scores(pred, gt, *, pred_zero='singletons',
     recall    = sum_ij f(n_ij) / sum_i f(n_i.)   (gt pairs that pred joins)
     error     = 1 - 2 P R / (P + R).
 
-  Conventions, defaults follow SNEMI3D (Arganda-Carreras et al. 2015):
-  * `pred_zero='singletons'`: a pred label 0 inside the gt foreground means
-    "unassigned"; each such pixel is its own segment (as in the gala/CREMI
-    Python port of SNEMI3D's MATLAB evaluation script). `'segment'`: pred
-    label 0 is an ordinary segment (scikit-image).
-  * `include_self_pairs=True`: SNEMI3D's formula sums squared joint
-    probabilities p_ij^2, which counts each pixel paired with itself.
-    scikit-image's `adapted_rand_error` subtracts them (`False`). The gala
-    port adds sum(c) / n for the singleton pixels instead of sum(c), mixing
-    normalised and raw counts; we use the consistent count, one self pair per
-    singleton (a relative difference of order #singletons / sum_ij n_ij^2).
-  `skimage.metrics.adapted_rand_error(gt, pred)` (default `ignore_labels=(0,)`,
-  `alpha=0.5`) equals this with `pred_zero='segment', include_self_pairs=False`;
-  note that skimage calls our recall its "precision" and vice versa (its
-  row sums are the gt sizes), while the error is symmetric.
+  `pred_zero` says what a pred label 0 inside the gt foreground (c such
+  pixels, n pixels in the whole image) means:
+  * `'snemi3d'` (default): exactly the SNEMI3D challenge's `adapted_rand`
+    script (REFERENCE.md section 8): those pixels leave the contingency table
+    and add `c / n` to both the pred and the joint pair sums (the script's
+    `sum(c) / n`); needs `include_self_pairs=True`, the script's p_ij^2.
+  * `'singletons'`: each such pixel is its own segment with its one self
+    pair, adding `c` (not `c / n`) to both sums (differs from the script by
+    a relative amount of order c / sum_ij n_ij^2).
+  * `'segment'`: pred label 0 is an ordinary segment (scikit-image).
+  `include_self_pairs=False` drops each pixel's pair with itself (scikit-image
+  subtracts them). `skimage.metrics.adapted_rand_error(gt, pred)` (default
+  `ignore_labels=(0,)`, `alpha=0.5`) equals this with `pred_zero='segment',
+  include_self_pairs=False`; note that skimage calls our recall its
+  "precision" and vice versa (its row sums are the gt sizes), while the error
+  is symmetric.
 
   Args:
     pred: int `[H, W]` (any shape) predicted instance ids.
     gt: int, same shape, ground-truth instance ids; 0 = ignored.
-    pred_zero: 'singletons' or 'segment', see above.
+    pred_zero: one of `PRED_ZERO_CONVENTIONS`, see above.
     include_self_pairs: see above.
 
   Returns:
@@ -356,9 +360,13 @@ def adapted_rand_scores(pred, gt, *, pred_zero='singletons',
     if not np.issubdtype(labels.dtype, np.integer):
       raise ValueError(f'rand_error: {name} must hold integer labels, got '
                        f'dtype {labels.dtype}.')
-  if pred_zero not in ('singletons', 'segment'):
-    raise ValueError(f"rand_error: pred_zero must be 'singletons' or "
-                     f"'segment', got {pred_zero!r}.")
+  if pred_zero not in PRED_ZERO_CONVENTIONS:
+    raise ValueError(f'rand_error: pred_zero must be one of '
+                     f'{PRED_ZERO_CONVENTIONS}, got {pred_zero!r}.')
+  if pred_zero == 'snemi3d' and not include_self_pairs:
+    raise ValueError("rand_error: pred_zero='snemi3d' is the challenge "
+                     'script, which counts self pairs; it needs '
+                     'include_self_pairs=True.')
   foreground = gt.ravel() != 0
   gt_fg = gt.ravel()[foreground].astype(np.int64)
   pred_fg = pred.ravel()[foreground].astype(np.int64)
@@ -371,12 +379,15 @@ def adapted_rand_scores(pred, gt, *, pred_zero='singletons',
                         sizes * (sizes - 1)))
 
   _, gt_sizes = np.unique(gt_fg, return_counts=True)
-  num_singletons = 0
-  if pred_zero == 'singletons':
+  singleton_pairs = 0.0
+  if pred_zero != 'segment':
     assigned = pred_fg != 0
-    num_singletons = int(np.count_nonzero(~assigned))
+    num_unassigned = int(np.count_nonzero(~assigned))
     gt_fg, pred_fg = gt_fg[assigned], pred_fg[assigned]
-  singleton_pairs = float(num_singletons) if include_self_pairs else 0.0
+    if pred_zero == 'snemi3d':
+      singleton_pairs = num_unassigned / gt.size  # The script's sum(c) / n.
+    elif include_self_pairs:
+      singleton_pairs = float(num_unassigned)
   _, pred_index, pred_sizes = np.unique(pred_fg, return_inverse=True,
                                         return_counts=True)
   # Joint segments: unique (gt, pred) label pairs, keyed by dense indices.
@@ -396,7 +407,7 @@ def adapted_rand_scores(pred, gt, *, pred_zero='singletons',
   return float(error), float(precision), float(recall)
 
 
-def rand_error(pred, gt, *, pred_zero='singletons', include_self_pairs=True):
+def rand_error(pred, gt, *, pred_zero='snemi3d', include_self_pairs=True):
   """SNEMI3D adapted Rand error, 1 - F-score; see `adapted_rand_scores`."""
   return adapted_rand_scores(pred, gt, pred_zero=pred_zero,
                              include_self_pairs=include_self_pairs)[0]

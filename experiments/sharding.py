@@ -6,7 +6,12 @@ The trainer runs one `jax.jit` step over a 2-D mesh with axes
 * batch arrays (`image [B,H,W,C]`, `segmentation [B,H,W]`, `mask [B,H,W]`) are
   split over the batch dimension along `data` and over the image height along
   `spatial` ("spatial batch partitioning", paper Appx. D.3);
-* the train state (parameters, optimiser and GECO state, rng) is replicated.
+* the train state (parameters, optimiser and GECO state, rng) is replicated;
+* inside the model (`model_partitioning`), every convolution's input and
+  output keeps the batch split and keeps the height split only while the
+  level's height divides into the spatial axis; coarser levels are replicated
+  over that axis (XLA's partitioner computes wrong gradients there,
+  docs/spatial_partitioning.md).
 
 The mesh uses `Auto` axis types: the XLA partitioner then propagates the height
 split through the convolutions (adding halo exchanges for SAME padding). With
@@ -19,13 +24,22 @@ process's devices to hold whole rows of the mesh's `data` axis (`make_mesh`
 lays devices out process by process), so the `data` axis size must be a
 multiple of the process count and the spatial axis stays within one host.
 """
-from typing import Any, Mapping, Sequence, Tuple
+from typing import Any, ContextManager, Mapping, Sequence, Tuple
 
+from absl import logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from hpunet_jax import partitioning
+
 MESH_AXES = ('data', 'spatial')
+# A feature map's height stays split over the spatial axis only while every
+# device holds at least this many rows: with one row per device on a 2-row
+# map (mesh (4, 2), 64x64 model) XLA's partitioner gave gradients off by up
+# to 60x (docs/spatial_partitioning.md); two rows gave exact gradients on
+# every mesh and shipped geometry tested (tests/test_sharding.py).
+MIN_ROWS_PER_DEVICE = 2
 
 
 class MeshShapeError(ValueError):
@@ -38,13 +52,15 @@ def resolve_mesh_shape(mesh_shape: Sequence[int],
 
   Args:
     mesh_shape: `(data, spatial)`; at most one entry may be `-1`.
-    num_devices: the number of devices the mesh must cover exactly.
+    num_devices: the number of devices available; a shape without `-1` may
+      cover fewer (`make_mesh` then uses the first ones).
 
   Returns:
     The concrete `(data, spatial)` shape.
 
   Raises:
-    MeshShapeError: wrong length, bad entries, or a product != `num_devices`.
+    MeshShapeError: wrong length, bad entries, a `-1` that cannot fill the
+      devices, or a product > `num_devices`.
   """
   shape = tuple(int(s) for s in mesh_shape)
   if len(shape) != 2:
@@ -59,7 +75,7 @@ def resolve_mesh_shape(mesh_shape: Sequence[int],
       raise MeshShapeError(
           f'mesh_shape {shape} cannot cover {num_devices} devices.')
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
-  if np.prod(shape) != num_devices:
+  if np.prod(shape) > num_devices:
     raise MeshShapeError(
         f'mesh_shape {shape} needs {np.prod(shape)} devices, '
         f'but {num_devices} are available.')
@@ -71,7 +87,9 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
 
   Args:
     mesh_shape: `(data, spatial)` with at most one `-1`; `(-1, 1)` puts all
-      devices on the batch.
+      devices on the batch. A shape covering fewer devices than given uses
+      the first ones and logs it (single process only: with several
+      processes every process must feed its devices).
     devices: devices to use; default all `jax.devices()` (all processes).
 
   Returns:
@@ -79,6 +97,16 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   """
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
+  num_used = int(np.prod(shape))
+  if num_used < len(devices):
+    if jax.process_count() > 1:
+      raise MeshShapeError(
+          f'mesh_shape {shape} covers {num_used} of {len(devices)} devices; '
+          f'with {jax.process_count()} processes the mesh must cover them '
+          'all.')
+    logging.info('mesh_shape %s uses the first %d of %d devices.', shape,
+                 num_used, len(devices))
+    devices = devices[:num_used]
   if shape[0] % jax.process_count():
     raise MeshShapeError(
         f'mesh data axis {shape[0]} must be a multiple of the process count '
@@ -87,6 +115,14 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
       shape, MESH_AXES,
       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
       devices=devices)
+
+
+def model_partitioning(mesh: Mesh) -> ContextManager[None]:
+  """Context for tracing the model on `mesh`: per-level feature-map
+  shardings (`hpunet_jax.partitioning.feature_map`)."""
+  return partitioning.spatial_partitioning(
+      mesh, batch_axis=MESH_AXES[0], spatial_axis=MESH_AXES[1],
+      min_rows_per_device=MIN_ROWS_PER_DEVICE)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -165,9 +165,11 @@ def make_train_step(*, model: models.Model,
     batch = jax.lax.with_sharding_constraint(
         batch, sharding.batch_shardings(mesh, batch))
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    (_, (geco_state, scalars)), grads = grad_fn(
-        state.trainable, state.geco_state, loss_rng, batch, model=model,
-        loss_config=loss_config)
+    # Per-level feature-map shardings while the model is traced.
+    with sharding.model_partitioning(mesh):
+      (_, (geco_state, scalars)), grads = grad_fn(
+          state.trainable, state.geco_state, loss_rng, batch, model=model,
+          loss_config=loss_config)
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)

@@ -14,6 +14,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from hpunet_jax import partitioning
+
 
 def weight_init() -> hk.initializers.Initializer:
   """Orthogonal initialisation with gain 1 (paper Appx. D)."""
@@ -37,6 +39,10 @@ class Conv2D(hk.Module):
   `b [C_out]`, created in that order with the same initialisers), so
   parameters and checkpoints are interchangeable. A 1x1 kernel runs as
   `pointwise_conv`, whose weight gradient is much faster on XLA:CPU.
+
+  Input and output go through `partitioning.feature_map`, which under
+  spatial partitioning keeps a level's height split only while each device
+  holds enough rows (XLA's partitioner gets coarser levels wrong).
   """
 
   def __init__(self, channels: int, kernel: int, name: Optional[str] = None):
@@ -49,6 +55,7 @@ class Conv2D(hk.Module):
     if x.ndim != 4:
       raise ValueError(f'{self.module_name} expects [B, H, W, C] inputs, '
                        f'got shape {x.shape}.')
+    x = partitioning.feature_map(x)
     w = hk.get_parameter(
         'w', (self.kernel, self.kernel, x.shape[-1], self.channels), x.dtype,
         init=weight_init())
@@ -59,7 +66,7 @@ class Conv2D(hk.Module):
       y = jax.lax.conv_general_dilated(
           x, w, window_strides=(1, 1), padding='SAME',
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y + b
+    return partitioning.feature_map(y + b)
 
 
 # Pixels per chunk of the 1x1 weight gradient (see `_pointwise_conv_bwd`).
@@ -104,13 +111,16 @@ pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 def resize_down(x: jax.Array) -> jax.Array:
   """2x2 average pooling, stride 2: `[B, H, W, C] -> [B, H/2, W/2, C]`."""
-  return hk.avg_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
-                     padding='VALID')
+  x = partitioning.pooling_input(x, factor=2)
+  return partitioning.feature_map(
+      hk.avg_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
+                  padding='VALID'))
 
 
 def resize_up(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2: `[B, H, W, C] -> [B, 2H, 2W, C]`."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return partitioning.feature_map(
+      jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
 class ResBlock(hk.Module):

@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 from scipy import optimize
+from scipy import sparse
 from skimage import metrics as skimage_metrics
 
 from eval import bootstrap
@@ -196,20 +197,65 @@ def brute_force_rand_scores(pred, gt, singletons, self_pairs):
           same_both / same_gt)
 
 
+def snemi3d_adapted_rand(seg, gt):
+  """The SNEMI3D challenge's `adapted_rand` script, transcribed (REFERENCE.md
+  section 8): returns (error, precision, recall)."""
+  seg_a, seg_b = np.ravel(gt), np.ravel(seg)
+  n = seg_a.size
+  n_labels_a, n_labels_b = np.amax(seg_a) + 1, np.amax(seg_b) + 1
+  p_ij = sparse.csr_matrix((np.ones(n), (seg_a, seg_b)),
+                           shape=(n_labels_a, n_labels_b))
+  a = p_ij[1:n_labels_a, :]
+  b = p_ij[1:n_labels_a, 1:n_labels_b]
+  c = p_ij[1:n_labels_a, 0].todense()
+  d = b.multiply(b)
+  a_i = np.array(a.sum(1))
+  b_i = np.array(b.sum(0))
+  sum_a = np.sum(a_i * a_i)
+  sum_b = np.sum(b_i * b_i) + (np.sum(c) / n)
+  sum_ab = np.sum(d) + (np.sum(c) / n)
+  precision = sum_ab / sum_b
+  recall = sum_ab / sum_a
+  f_score = 2.0 * precision * recall / (precision + recall)
+  return 1.0 - f_score, precision, recall
+
+
 def test_rand_error_hand_cases():
   gt = np.array([1, 1, 2, 2])
   merged = np.array([1, 1, 1, 1])
   # Self pairs: joint 8, pred 16, gt 8 -> 1 - 16 / 24.
   assert metrics.rand_error(merged, gt) == pytest.approx(1 / 3)
   # Without: joint 4, pred 12, gt 4 -> 1 - 8 / 16.
-  assert metrics.rand_error(merged, gt, include_self_pairs=False) == 0.5
-  # Pred label 0 inside gt 1: two singletons; joint 3, pred 3, gt 5.
+  assert metrics.rand_error(merged, gt, include_self_pairs=False,
+                            pred_zero='singletons') == 0.5
+  # Pred label 0 inside gt 1 (c = 2 of n = 4 pixels). SNEMI3D: joint
+  # 1 + 2/4, pred 1 + 2/4, gt 4 + 1 -> (7/13, 1, 0.3).
   gt = np.array([1, 1, 0, 2])
   pred = np.array([0, 0, 5, 3])
   assert metrics.adapted_rand_scores(pred, gt) == pytest.approx(
-      (0.25, 1.0, 0.6))
+      (7 / 13, 1.0, 0.3))
+  # As two singletons: joint 3, pred 3, gt 5.
+  assert metrics.adapted_rand_scores(pred, gt, pred_zero='singletons') == (
+      pytest.approx((0.25, 1.0, 0.6)))
   assert metrics.rand_error(pred, gt, pred_zero='segment') == 0.0
   assert np.isnan(metrics.rand_error(pred, np.zeros(4, int)))
+
+
+def test_rand_error_default_is_the_snemi3d_script():
+  rng = np.random.default_rng(7)
+  for num_pred_labels, zero_fraction in ((5, 0.0), (5, 0.3), (40, 0.05)):
+    gt = rng.integers(0, 6, size=(32, 32))
+    # Labels 1.. only, then some predicted zeros (also inside gt foreground).
+    pred = rng.integers(1, num_pred_labels + 1, size=(32, 32))
+    pred[rng.random((32, 32)) < zero_fraction] = 0
+    assert (np.any(pred[gt != 0] == 0)) == (zero_fraction > 0)
+    expected = snemi3d_adapted_rand(pred, gt)
+    assert metrics.adapted_rand_scores(pred, gt) == pytest.approx(
+        expected, rel=1e-12)
+    assert metrics.rand_error(pred, gt) == pytest.approx(expected[0],
+                                                         rel=1e-12)
+  with pytest.raises(ValueError, match='include_self_pairs'):
+    metrics.rand_error(pred, gt, include_self_pairs=False)
 
 
 def test_rand_error_brute_force_all_conventions():
@@ -219,6 +265,8 @@ def test_rand_error_brute_force_all_conventions():
     pred = rng.integers(0, 3, size=(5, 6))
     for pred_zero, self_pairs in itertools.product(('singletons', 'segment'),
                                                    (True, False)):
+      # 'snemi3d' differs from 'singletons' in the unassigned pixels' weight
+      # only (c / n instead of c), tested against the script above.
       expected = brute_force_rand_scores(pred, gt, pred_zero == 'singletons',
                                          self_pairs)
       assert metrics.adapted_rand_scores(
@@ -245,6 +293,7 @@ def test_rand_error_perfect_prediction_is_zero():
   rng = np.random.default_rng(5)
   gt = rng.integers(0, 5, size=(16, 16))
   relabelled = np.where(gt == 0, 0, gt + 10)
+  assert metrics.rand_error(relabelled, gt) == 0.0
   for pred_zero in ('singletons', 'segment'):
     for self_pairs in (True, False):
       assert metrics.rand_error(relabelled, gt, pred_zero=pred_zero,
