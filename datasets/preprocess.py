@@ -17,6 +17,7 @@ from PIL import Image
 import grain
 
 from datasets.synthetic_lesions import generator as lesions_generator
+from datasets.synthetic_lesions import generator_v2 as lesions_generator_v2
 
 # Cityscapes train id of the car class; the alternative car classes follow the
 # 19 train ids: 19, 20, ... (`num_car_ids - 1` of them).
@@ -171,8 +172,9 @@ class RelabelCars(grain.transforms.RandomMap):
 
 def lesions_eval_example(record) -> dict:
   """Synthetic lesions: `image`, `graders`, `modes`, `mode_probs`, `mask`,
-  `lesion_params` (a `generator.LesionParams`, for `oracle_sample`), `index`."""
-  params = lesions_generator.LesionParams.from_features(record)
+  `lesion_params` (a v1 `generator.LesionParams` or a
+  `generator_v2.LesionParamsV2`, for `oracle_sample`), `index`."""
+  params = lesions_generator_v2.params_from_features(record)
   modes, mode_probs = lesions_generator.enumerate_modes(params)
   return {'image': image_to_float(record['image']),
           'graders': np.asarray(record['graders'], np.int32),

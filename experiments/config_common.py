@@ -130,7 +130,8 @@ def hpunet_model(channels_per_level: Sequence[int],
 
 def spunet_model(channels_per_level: Sequence[int], convs_per_level: int,
                  latent_dim: int, num_classes: int, num_comb_convs: int,
-                 num_input_channels: int) -> ml_collections.ConfigDict:
+                 num_input_channels: int, weight_init: str = 'he_normal',
+                 up_sampling: str = 'bilinear') -> ml_collections.ConfigDict:
   """Kwargs of `hpunet_jax.spunet.ProbUNet` (the sPU-Net baseline)."""
   return ml_collections.ConfigDict(dict(
       channels_per_level=tuple(channels_per_level),  # Finest first.
@@ -139,18 +140,31 @@ def spunet_model(channels_per_level: Sequence[int], convs_per_level: int,
       num_classes=num_classes,  # Output classes K.
       num_comb_convs=num_comb_convs,  # 1x1 convs of f_comb incl. logits.
       num_input_channels=num_input_channels,  # Image channels (checked).
+      # Kernel init: 'he_normal' (the original sPU-Net code) or
+      # 'orthogonal' (the HPU-Net's; the ReLU stack then starts near zero).
+      weight_init=weight_init,
+      # U-Net decoder up-sampling: 'bilinear' (original code, aligned
+      # corners) or 'nearest' (the HPU-Net's).
+      up_sampling=up_sampling,
   ))
 
 
 def geco_loss(kappa: float, top_k_fraction: float = 0.02,
-              weight_decay: float = 1e-5) -> ml_collections.ConfigDict:
+              weight_decay: float = 1e-5, geco_multiplier: str = 'adam',
+              geco_multiplier_rate: float = 0.0
+              ) -> ml_collections.ConfigDict:
   """`loss_config` of `hpunet_jax.objective.loss_fn` for GECO (HPU-Net)."""
   return ml_collections.ConfigDict(dict(
       objective='geco',  # 'geco' or 'elbo'.
       beta=1.0,  # KL weight (ELBO only).
       kappa=kappa,  # Reconstruction target per pixel (GECO only).
       geco_decay=0.99,  # Moving-average decay of the constraint.
-      geco_rate=1e-2,  # Gradient scale of the Lagrange parameter.
+      geco_rate=1e-2,  # Gradient scale of the Lagrange parameter ('adam').
+      # Lambda's update: 'adam' (authors' code: v in the weights' Adam) or
+      # 'multiplicative' (lambda *= exp(rate * C per pixel), Rezende & Viola
+      # 2018; a deviation that lets lambda move within short runs).
+      geco_multiplier=geco_multiplier,
+      geco_multiplier_rate=geco_multiplier_rate,  # 'multiplicative' only.
       top_k_fraction=top_k_fraction,  # Fraction of pixels in the loss; 0=all.
       deterministic_top_k=False,  # True: k largest losses, no Gumbel noise.
       weight_decay=weight_decay,  # L2 factor on the weights (paper: 1e-5).

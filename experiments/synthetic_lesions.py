@@ -4,10 +4,14 @@ r"""Synthetic lesions: LIDC-like, with an exactly known answer distribution.
       --workdir=/tmp/hpunet_lesions
 
 The data set is generated (no download) and built into `config.data.data_dir`
-on first use. The default is sized to train a usable HPU-Net on a 2-core CPU
-in about ten minutes: 64x64 images, a 7-level model with 16-32 channels, one
-res-block per level and three scalar latent scales (1x1, 2x2, 4x4). Scale up
-with e.g. `--config.num_train_steps=5000 --config.batch_size=32`.
+on first use: version 2 (`default` builder config, 2-4 lesions whose outline
+and presence probability the image shows exactly; README "Synthetic lesions
+v2"). The issue-6 study's version 1 is `--config.data.builder_config=v1`
+(with `--config.loss.kappa=0.05 --config.loss.geco_multiplier=adam` for its
+old settings). The default is sized for a 2-core CPU: 64x64 images, a
+7-level model with 16-32 channels, one res-block per level and three scalar
+latent scales (1x1, 2x2, 4x4), 1000 steps. Scale up with e.g.
+`--config.num_train_steps=5000 --config.batch_size=32`.
 
 Config argument (after `:`): one variant, optionally `,tiny`:
   hpunet          HPU-Net with GECO and top-k (default).
@@ -61,10 +65,26 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                      'local_latents': (0, 0, 1)}.get(variant, (1, 1, 1)),
         num_classes=2, blocks_per_level=1, convs_per_block=3,
         num_input_channels=1)
-    # LIDC's kappa (x3 for the global-only model, as in the paper's Table 2).
+    # kappa, calibrated for this task (the paper picks it per task; LIDC's
+    # 0.05 per top-k pixel is out of reach here): a run of this config with
+    # a large fixed multiplier (ELBO with beta = 0.01 = 1 / lambda, top-k on,
+    # 600 steps; README "kappa") reached 0.17 nats per top-k pixel (mean of
+    # its last three logged steps), its floor at this budget. kappa = 0.25
+    # lies about 1.5x above it, so
+    # GECO can meet the constraint within the run and then trade the slack
+    # for a smaller KL (lambda falls). x3 for the global-only model, as in
+    # the paper's Table 2.
+    kappa = 0.25
+    # Lambda's own multiplicative update (Rezende & Viola 2018), not the
+    # authors' v-in-Adam rule, under which lambda moves by about the
+    # learning rate per step and stays in its rising phase for 10^4+ steps
+    # (README "GECO multiplier"). log lambda moves by rate x (constraint per
+    # pixel): 0.1 gives about +0.04 per step at the start (rec 0.7 nats per
+    # pixel) and -0.005 per step at 0.05 below kappa.
     config.loss = config_common.geco_loss(
-        kappa=0.15 if variant == 'global_latents' else 0.05,
-        top_k_fraction=0.0 if variant == 'no_topk' else 0.02)
+        kappa=3 * kappa if variant == 'global_latents' else kappa,
+        top_k_fraction=0.0 if variant == 'no_topk' else 0.02,
+        geco_multiplier='multiplicative', geco_multiplier_rate=0.1)
   # A short run: a larger rate than the paper's, one drop at 70%.
   config.optimizer = config_common.adam(boundaries=(700,),
                                         learning_rates=(5e-4, 1e-4))

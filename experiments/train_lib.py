@@ -173,6 +173,7 @@ def make_train_step(*, model: models.Model,
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
+    trainable = objective.update_multiplier(trainable, scalars, loss_config)
     scalars = dict(scalars, learning_rate=schedule(state.step),
                    grad_norm=optax.tree.norm(grads))
     new_state = TrainState(step=state.step + 1, trainable=trainable,

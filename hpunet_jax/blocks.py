@@ -13,6 +13,7 @@ from typing import Optional
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hpunet_jax import partitioning
 
@@ -25,6 +26,24 @@ def weight_init() -> hk.initializers.Initializer:
 def bias_init() -> hk.initializers.Initializer:
   """Truncated normal with stddev 0.001 (paper Appx. D)."""
   return hk.initializers.TruncatedNormal(stddev=0.001)
+
+
+def he_normal_init() -> hk.initializers.Initializer:
+  """He-normal kernels as the sPU-Net's original code draws them.
+
+  `utils.training_utils.he_normal` of SimonKohl/probabilistic_unet is TF 1.9's
+  `VarianceScaling(scale=2, mode='fan_in', distribution='normal')`: a normal
+  with stddev `sqrt(2 / fan_in)` truncated at 2 stddevs *without* rescaling,
+  so the kernels' std is about `0.88 * sqrt(2 / fan_in)`. `fan_in` is
+  `k * k * C_in` of a `[k, k, C_in, C_out]` kernel.
+  """
+
+  def init(shape, dtype):
+    fan_in = int(np.prod(shape[:-1]))
+    return hk.initializers.TruncatedNormal(stddev=math.sqrt(2.0 / fan_in))(
+        shape, dtype)
+
+  return init
 
 
 def conv(channels: int, kernel: int, name: Optional[str] = None) -> 'Conv2D':
@@ -121,6 +140,32 @@ def resize_up(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2: `[B, H, W, C] -> [B, 2H, 2W, C]`."""
   return partitioning.feature_map(
       jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+
+
+def _align_corners_matrix(size: int) -> np.ndarray:
+  """`[2 size, size]` linear interpolation weights, corners aligned."""
+  if size == 1:
+    return np.ones((2, 1))
+  position = np.arange(2 * size) * (size - 1) / (2 * size - 1)
+  low = np.minimum(np.floor(position).astype(int), size - 2)
+  fraction = position - low
+  weights = np.zeros((2 * size, size))
+  weights[np.arange(2 * size), low] = 1 - fraction
+  weights[np.arange(2 * size), low + 1] += fraction
+  return weights
+
+
+def resize_up_bilinear(x: jax.Array) -> jax.Array:
+  """Bilinear x2 with aligned corners: `[B, H, W, C] -> [B, 2H, 2W, C]`.
+
+  As `tf.image.resize_images(..., BILINEAR, align_corners=True)` in the
+  sPU-Net's original U-Net: output pixel `o` samples input position
+  `o (n - 1) / (2n - 1)`, so the corner pixels are kept.
+  """
+  rows = jnp.asarray(_align_corners_matrix(x.shape[1]), x.dtype)
+  cols = jnp.asarray(_align_corners_matrix(x.shape[2]), x.dtype)
+  x = jnp.einsum('ph,bhwc->bpwc', rows, x)
+  return jnp.einsum('qw,bpwc->bpqc', cols, x)
 
 
 class ResBlock(hk.Module):

@@ -4,6 +4,9 @@
 - `top_k_mask`, `reconstruction_loss`: stochastic top-k cross-entropy.
 - `elbo_loss`: Eq. 5.
 - `geco_moving_average`, `lagrange_multiplier`, `geco_loss`: Eq. 6 as coded.
+- `geco_constrained_loss`, `multiplicative_lagrange_update`: the same loss
+  with a multiplier of its own update rule (Rezende & Viola 2018), a
+  documented deviation for short runs (README).
 - `weight_decay_loss`: the 1e-5 L2 term of Appx. D.
 
 Shape glossary: `B` batch, `H, W` image size, `K` classes, `D` latent dims.
@@ -179,6 +182,46 @@ def lagrange_multiplier(v: jax.Array, rate: float) -> jax.Array:
   return jnp.square(jax.nn.softplus(scale_gradient(v, -rate)))
 
 
+# |log lambda| never exceeds this under the multiplicative rule: keeps
+# exp(log lambda) finite in float32; far outside any useful multiplier.
+LOG_LAMBDA_BOUND = 30.0
+
+
+def multiplicative_lagrange_update(log_lambda: jax.Array,
+                                   constraint_per_pixel: jax.Array,
+                                   rate: float) -> jax.Array:
+  """`lambda <- lambda * exp(rate * C)` (Rezende & Viola 2018), in log form.
+
+  `C` is the moving-average constraint per loss pixel (`ma / N - kappa`), so
+  the step does not depend on the image size or the top-k fraction: lambda
+  grows while the constraint is violated, shrinks once it holds, in
+  proportion to how far it is from kappa, and stays > 0.
+
+  Args:
+    log_lambda: scalar, log of the current multiplier.
+    constraint_per_pixel: scalar, `C`.
+    rate: step size per nat of constraint per pixel (> 0).
+
+  Returns:
+    The next `log_lambda`, clipped to +- `LOG_LAMBDA_BOUND`.
+  """
+  step = rate * jax.lax.stop_gradient(constraint_per_pixel)
+  return jnp.clip(log_lambda + step, -LOG_LAMBDA_BOUND, LOG_LAMBDA_BOUND)
+
+
+def geco_constrained_loss(rec: ReconstructionLoss, kl_sum: jax.Array,
+                          lagrange: jax.Array, state: GecoState,
+                          kappa: float, decay: float):
+  """`lambda * (ma(rec_sum) - kappa * N) + sum_l KL_l` for a given lambda.
+
+  Returns:
+    (loss, new_state, constraint).
+  """
+  average, new_state = geco_moving_average(rec.rec_sum, state, decay)
+  constraint = average - kappa * rec.num_pixels
+  return lagrange * constraint + kl_sum, new_state, constraint
+
+
 def geco_loss(rec: ReconstructionLoss, kl_sum: jax.Array, v: jax.Array,
               state: GecoState, kappa: float, decay: float = 0.99,
               rate: float = 1e-2):
@@ -197,10 +240,10 @@ def geco_loss(rec: ReconstructionLoss, kl_sum: jax.Array, v: jax.Array,
   Returns:
     (loss, new_state, lambda, constraint).
   """
-  average, new_state = geco_moving_average(rec.rec_sum, state, decay)
-  constraint = average - kappa * rec.num_pixels
   lagrange = lagrange_multiplier(v, rate)
-  return lagrange * constraint + kl_sum, new_state, lagrange, constraint
+  loss, new_state, constraint = geco_constrained_loss(rec, kl_sum, lagrange,
+                                                      state, kappa, decay)
+  return loss, new_state, lagrange, constraint
 
 
 def weight_decay_loss(params, weight_decay: float) -> jax.Array:

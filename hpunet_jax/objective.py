@@ -10,6 +10,13 @@ reconstruction term and the weight-decay term of Appx. D.
   kappa: GECO's reconstruction target per pixel.
   geco_decay: decay of GECO's moving average (0.99 in the authors' code).
   geco_rate: gradient scale of the Lagrange parameter (1e-2).
+  geco_multiplier: how lambda is updated. 'adam' (the authors' code):
+    `lambda = softplus(v)^2`, v trained by the weights' Adam with its
+    gradient scaled by `-geco_rate`. 'multiplicative' (a deviation for short
+    runs, README): `lambda <- lambda * exp(geco_multiplier_rate * C)` with C
+    the moving-average constraint per pixel, applied by the train step
+    (`update_multiplier`); lambda gets no gradient.
+  geco_multiplier_rate: the multiplicative rule's step per nat of C (> 0).
   top_k_fraction: fraction of the batch's pixels in the loss (0.02); 0 or
     None = all valid pixels.
   deterministic_top_k: pick the k largest losses instead of sampling.
@@ -24,18 +31,52 @@ from hpunet_jax import losses
 from hpunet_jax import models
 
 OBJECTIVES = ('geco', 'elbo')
+GECO_MULTIPLIERS = ('adam', 'multiplicative')
+
+
+def _multiplier_rule(loss_config: Mapping[str, Any]) -> str:
+  rule = loss_config['geco_multiplier']
+  if rule not in GECO_MULTIPLIERS:
+    raise ValueError(f'loss.geco_multiplier must be one of {GECO_MULTIPLIERS}'
+                     f', got {rule!r}.')
+  if rule == 'multiplicative' and not loss_config['geco_multiplier_rate'] > 0:
+    raise ValueError('loss.geco_multiplier_rate must be > 0 for the '
+                     "'multiplicative' rule, got "
+                     f"{loss_config['geco_multiplier_rate']!r}.")
+  return rule
 
 
 def init_trainable(model: models.Model, rng: jax.Array, image: jax.Array,
                    segmentation: jax.Array, loss_config: Mapping[str, Any]):
-  """The trained pytree: `{'model': params}` plus `{'geco': {'v': v_0}}`."""
+  """The trained pytree: `{'model': params}` plus, for GECO,
+  `{'geco': {'v': v_0}}` ('adam' rule) or `{'geco': {'log_lambda': 0}}`
+  ('multiplicative' rule; lambda starts at 1 either way)."""
   if loss_config['objective'] not in OBJECTIVES:
     raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got "
                      f"{loss_config['objective']!r}.")
   trainable = {'model': model.init(rng, image, segmentation)}
   if loss_config['objective'] == 'geco':
-    trainable['geco'] = {'v': losses.initial_lagrange_parameter()}
+    if _multiplier_rule(loss_config) == 'adam':
+      trainable['geco'] = {'v': losses.initial_lagrange_parameter()}
+    else:
+      trainable['geco'] = {'log_lambda': jnp.zeros((), jnp.float32)}
   return trainable
+
+
+def update_multiplier(trainable, scalars: Mapping[str, jax.Array],
+                      loss_config: Mapping[str, Any]):
+  """After the optimiser step: the multiplicative rule's new lambda.
+
+  Identity for the ELBO and for the 'adam' rule (there the optimiser moves
+  v). `scalars` are `loss_fn`'s of the same step.
+  """
+  if (loss_config['objective'] != 'geco' or
+      _multiplier_rule(loss_config) == 'adam'):
+    return trainable
+  log_lambda = losses.multiplicative_lagrange_update(
+      trainable['geco']['log_lambda'], scalars['constraint_per_pixel'],
+      loss_config['geco_multiplier_rate'])
+  return dict(trainable, geco={'log_lambda': log_lambda})
 
 
 def init_geco_state() -> losses.GecoState:
@@ -57,7 +98,8 @@ def loss_fn(trainable, geco_state: losses.GecoState, rng: jax.Array,
 
   Returns:
     `(loss, (new_geco_state, scalars))`, scalars a dict of float scalars:
-    `loss, rec_sum, rec_mean, kl_sum, kl_<l>, lambda, constraint`.
+    `loss, rec_sum, rec_mean, kl_sum, kl_<l>`, and for GECO `lambda,
+    constraint, constraint_per_pixel` (`constraint / N`).
   """
   model_rng, top_k_rng = jax.random.split(rng)
   params = trainable['model']
@@ -73,12 +115,22 @@ def loss_fn(trainable, geco_state: losses.GecoState, rng: jax.Array,
   for level in range(out.kl_per_level.shape[0]):
     scalars[f'kl_{level}'] = out.kl_per_level[level]
   if loss_config['objective'] == 'geco':
-    loss, geco_state, lagrange, constraint = losses.geco_loss(
-        rec, kl_sum, trainable['geco']['v'], geco_state,
-        kappa=loss_config['kappa'], decay=loss_config['geco_decay'],
-        rate=loss_config['geco_rate'])
+    if _multiplier_rule(loss_config) == 'adam':
+      loss, geco_state, lagrange, constraint = losses.geco_loss(
+          rec, kl_sum, trainable['geco']['v'], geco_state,
+          kappa=loss_config['kappa'], decay=loss_config['geco_decay'],
+          rate=loss_config['geco_rate'])
+    else:
+      # No gradient: the train step updates lambda (`update_multiplier`).
+      lagrange = jnp.exp(jax.lax.stop_gradient(
+          trainable['geco']['log_lambda']))
+      loss, geco_state, constraint = losses.geco_constrained_loss(
+          rec, kl_sum, lagrange, geco_state, kappa=loss_config['kappa'],
+          decay=loss_config['geco_decay'])
     scalars['lambda'] = lagrange
     scalars['constraint'] = constraint
+    scalars['constraint_per_pixel'] = constraint / jnp.maximum(
+        rec.num_pixels, 1.0)
   elif loss_config['objective'] == 'elbo':
     loss = losses.elbo_loss(rec.rec_sum, kl_sum, loss_config['beta'])
   else:

@@ -1,15 +1,23 @@
 """The standard Probabilistic U-Net baseline (sPU-Net, Kohl et al. 2018).
 
 A plain U-Net (VGG-style: `convs_per_level` 3x3 conv + ReLU per scale,
-average-pool down, nearest-neighbour up), a separate prior net (image) and
+average-pool down, bilinear or nearest-neighbour up), a separate prior net
+(image) and
 posterior net (`concat(image, one_hot(seg) - 0.5)`), each an encoder like the
 U-Net's whose spatial mean gives a diagonal Gaussian over one *global* latent
 vector, and `f_comb`: z tiled over space, concatenated to the U-Net's last
 features, 1x1 convs to logits (REFERENCE.md section 3).
 
+`weight_init` and `up_sampling` choose between the original code
+(SimonKohl/probabilistic_unet: He-normal kernels everywhere, bilinear
+up-sampling with aligned corners; the configs' default) and the HPU-Net's
+choices (orthogonal kernels, nearest neighbour), with which the ~30-layer
+plain ReLU stack starts with a near-vanishing output (README).
+
 Shape glossary: `B` batch, `H, W` image size, `C` channels, `K` classes, `D`
 latent dims.
 """
+import contextlib
 from typing import NamedTuple, Optional, Sequence
 
 import haiku as hk
@@ -21,6 +29,17 @@ from hpunet_jax import distributions
 from hpunet_jax import hierarchical_core
 from hpunet_jax import hpunet
 from hpunet_jax import losses
+
+
+WEIGHT_INITS = ('he_normal', 'orthogonal')
+UP_SAMPLINGS = ('bilinear', 'nearest')
+
+
+def _he_normal_kernels(next_creator, shape, dtype, init, context):
+  """Haiku creator: every kernel `w` He-normal, biases unchanged."""
+  if context.name == 'w':
+    init = blocks.he_normal_init()
+  return next_creator(shape, dtype, init)
 
 
 class Encoding(NamedTuple):
@@ -71,12 +90,24 @@ class ProbUNet(hk.Module):
   """sPU-Net; paper setup on LIDC: 5 scales, 6 latents, 3 convs per scale."""
 
   def __init__(self, channels_per_level: Sequence[int], convs_per_level: int,
-               latent_dim: int, num_classes: int, num_comb_convs: int,
+               latent_dim: int, num_classes: int, num_comb_convs: int, *,
+               weight_init: str, up_sampling: str,
                num_input_channels: Optional[int] = None,
                name: Optional[str] = 'spunet'):
+    """See the module docstring; `weight_init` in `WEIGHT_INITS`,
+    `up_sampling` in `UP_SAMPLINGS`."""
     super().__init__(name=name)
     if num_comb_convs < 1:
       raise ValueError(f'num_comb_convs must be >= 1, got {num_comb_convs}.')
+    if weight_init not in WEIGHT_INITS:
+      raise ValueError(f'weight_init must be one of {WEIGHT_INITS}, got '
+                       f'{weight_init!r}.')
+    if up_sampling not in UP_SAMPLINGS:
+      raise ValueError(f'up_sampling must be one of {UP_SAMPLINGS}, got '
+                       f'{up_sampling!r}.')
+    self.weight_init = weight_init
+    self.resize_up = (blocks.resize_up_bilinear if up_sampling == 'bilinear'
+                      else blocks.resize_up)
     self.channels_per_level = tuple(channels_per_level)
     self.convs_per_level = convs_per_level
     self.latent_dim = latent_dim
@@ -92,6 +123,12 @@ class ProbUNet(hk.Module):
 
   _check = hpunet.HierarchicalProbUNet._check  # Same input validation.
 
+  def _initialisers(self):
+    """Context in which parameters get `weight_init`'s kernels."""
+    if self.weight_init == 'he_normal':
+      return hk.custom_creator(_he_normal_kernels)
+    return contextlib.nullcontext()  # blocks.conv's orthogonal kernels.
+
   def _unet(self, image: jax.Array) -> jax.Array:
     """U-Net features at full resolution, `[B, H, W, C_0]`."""
     with hk.name_scope('unet'):
@@ -99,7 +136,7 @@ class ProbUNet(hk.Module):
                              self.convs_per_level)
       x = features[-1]
       for level in range(len(features) - 2, -1, -1):
-        x = jnp.concatenate([blocks.resize_up(x), features[level]], axis=-1)
+        x = jnp.concatenate([self.resize_up(x), features[level]], axis=-1)
         x = conv_stack(x, self.channels_per_level[level], self.convs_per_level,
                        name=f'decoder_level{level}')
     return x
@@ -120,7 +157,8 @@ class ProbUNet(hk.Module):
 
   def encode(self, image: jax.Array) -> Encoding:
     self._check(image)
-    return Encoding(self._unet(image), self.prior_net(image))
+    with self._initialisers():
+      return Encoding(self._unet(image), self.prior_net(image))
 
   def decode(self, encoding: Encoding,
              mean_levels: hierarchical_core.MeanLevels = None) -> jax.Array:
@@ -131,15 +169,17 @@ class ProbUNet(hk.Module):
       use_mean = False if mean_levels is None else jnp.asarray(mean_levels)[0]
       z = distributions.sample_or_mean(encoding.prior, hk.next_rng_key(),
                                        use_mean)
-    return self._f_comb(encoding.unet_features, z)
+    with self._initialisers():
+      return self._f_comb(encoding.unet_features, z)
 
   def train_forward(self, image: jax.Array,
                     segmentation: jax.Array) -> hpunet.TrainOutputs:
     self._check(image)
     encoding = self.encode(image)
-    q = self._posterior(image, segmentation)
-    z = distributions.sample_or_mean(q, hk.next_rng_key(), False)
-    logits = self._f_comb(encoding.unet_features, z)
+    with self._initialisers():
+      q = self._posterior(image, segmentation)
+      z = distributions.sample_or_mean(q, hk.next_rng_key(), False)
+      logits = self._f_comb(encoding.unet_features, z)
     kl = losses.kl_per_level(q, encoding.prior)[None]
     return hpunet.TrainOutputs(logits, kl, (q,), (encoding.prior,))
 
@@ -147,6 +187,7 @@ class ProbUNet(hk.Module):
                   segmentation: jax.Array) -> jax.Array:
     """Logits from the posterior mean."""
     self._check(image)
-    unet_features = self._unet(image)
-    q = self._posterior(image, segmentation)
-    return self._f_comb(unet_features, q.mean)
+    with self._initialisers():
+      unet_features = self._unet(image)
+      q = self._posterior(image, segmentation)
+      return self._f_comb(unet_features, q.mean)

@@ -11,7 +11,7 @@ from tests.test_model import TINY_HPUNET, TINY_SPUNET
 
 LOSS = dict(objective='geco', beta=1.0, kappa=0.05, geco_decay=0.99,
             geco_rate=1e-2, top_k_fraction=0.02, deterministic_top_k=False,
-            weight_decay=1e-5)
+            weight_decay=1e-5, geco_multiplier='adam', geco_multiplier_rate=0.0)
 
 
 def _batch():

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import stats
 
 from hpunet_jax import distributions
@@ -167,3 +168,92 @@ def test_weight_decay_counts_kernels_only():
   params = {'conv': {'w': jnp.ones((3, 3, 1, 2)), 'b': jnp.ones((2,))}}
   np.testing.assert_allclose(losses.weight_decay_loss(params, 0.1),
                              0.5 * 0.1 * 18)
+
+
+def test_multiplicative_multiplier_rises_while_violated_then_falls():
+  """The 'multiplicative' GECO rule on the toy problem of the test above:
+  lambda rises while the constraint is violated, falls once it holds, and
+  stays > 0; each step is `rate * C` per pixel in log lambda."""
+  import optax
+  params = {'x': jnp.asarray(0.0)}
+  state = losses.init_geco_state()
+  log_lambda = jnp.asarray(0.0)
+  opt = optax.adam(0.05)
+  opt_state = opt.init(params)
+  num_pixels, kappa, rate = 10.0, 0.1, 0.05
+
+  def loss_fn(params, state, log_lambda):
+    rec = losses.ReconstructionLoss(
+        10.0 * jnp.square(params['x'] - 2.0), jnp.asarray(0.0),
+        jnp.asarray(num_pixels), None)
+    loss, state, constraint = losses.geco_constrained_loss(
+        rec, jnp.asarray(0.5) * jnp.square(params['x']),
+        jnp.exp(log_lambda), state, kappa=kappa, decay=0.9)
+    return loss, (state, constraint)
+
+  @jax.jit
+  def step(params, opt_state, state, log_lambda):
+    grads, (state, constraint) = jax.grad(loss_fn, has_aux=True)(
+        params, state, log_lambda)
+    updates, opt_state = opt.update(grads, opt_state)
+    new_log_lambda = losses.multiplicative_lagrange_update(
+        log_lambda, constraint / num_pixels, rate)
+    return (optax.apply_updates(params, updates), opt_state, state,
+            new_log_lambda, constraint)
+
+  lambdas, constraints = [], []
+  for _ in range(400):
+    previous = log_lambda
+    params, opt_state, state, log_lambda, constraint = step(
+        params, opt_state, state, log_lambda)
+    np.testing.assert_allclose(log_lambda - previous,
+                               rate * constraint / num_pixels, atol=1e-5)
+    lambdas.append(float(jnp.exp(log_lambda)))
+    constraints.append(float(constraint))
+  first_ok = next(i for i, c in enumerate(constraints) if c < 0)
+  assert first_ok > 5
+  assert lambdas[first_ok - 1] > 2 * lambdas[0]  # Rose while violated.
+  assert lambdas[-1] < 0.5 * max(lambdas)  # Fell once the constraint held.
+  assert all(c < 0 for c in constraints[-50:])  # And it keeps holding.
+  assert min(lambdas) > 0.0
+  # Clipped far outside any useful range, never overflowing.
+  assert float(losses.multiplicative_lagrange_update(
+      jnp.asarray(29.0), jnp.asarray(1e6), 1.0)) == losses.LOG_LAMBDA_BOUND
+
+
+def test_objective_multiplicative_rule_gives_lambda_no_gradient():
+  from hpunet_jax import models
+  from hpunet_jax import objective
+  from tests.test_model import TINY_HPUNET
+  loss_config = dict(objective='geco', beta=1.0, kappa=0.05, geco_decay=0.99,
+                     geco_rate=1e-2, top_k_fraction=0.02,
+                     deterministic_top_k=False, weight_decay=1e-5,
+                     geco_multiplier='multiplicative',
+                     geco_multiplier_rate=0.1)
+  model = models.make_model('hpunet', dict(TINY_HPUNET, num_classes=2))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32),
+           'segmentation': jnp.asarray(rng.integers(0, 2, (2, 16, 16))),
+           'mask': jnp.ones((2, 16, 16))}
+  trainable = objective.init_trainable(model, jax.random.PRNGKey(0),
+                                       batch['image'], batch['segmentation'],
+                                       loss_config)
+  assert set(trainable['geco']) == {'log_lambda'}
+  grads, (_, scalars) = jax.grad(objective.loss_fn, has_aux=True)(
+      trainable, losses.init_geco_state(), jax.random.PRNGKey(1), batch,
+      model=model, loss_config=loss_config)
+  assert float(grads['geco']['log_lambda']) == 0.0
+  assert float(scalars['lambda']) == 1.0
+  updated = objective.update_multiplier(trainable, scalars, loss_config)
+  np.testing.assert_allclose(updated['geco']['log_lambda'],
+                             0.1 * scalars['constraint_per_pixel'], rtol=1e-6)
+  adam = dict(loss_config, geco_multiplier='adam')
+  assert objective.update_multiplier(trainable, scalars, adam) is trainable
+  with pytest.raises(ValueError, match='geco_multiplier_rate'):
+    objective.init_trainable(model, jax.random.PRNGKey(0), batch['image'],
+                             batch['segmentation'],
+                             dict(loss_config, geco_multiplier_rate=0.0))
+  with pytest.raises(ValueError, match='geco_multiplier'):
+    objective.init_trainable(model, jax.random.PRNGKey(0), batch['image'],
+                             batch['segmentation'],
+                             dict(loss_config, geco_multiplier='sgd'))

@@ -12,7 +12,8 @@ LIDC_HPUNET = dict(channels_per_level=(24, 48, 96, 192, 192, 192, 192, 192),
 TINY_HPUNET = dict(channels_per_level=(8, 8, 16, 16, 16), latent_dims=(1, 2),
                    num_classes=3, blocks_per_level=1, convs_per_block=2)
 TINY_SPUNET = dict(channels_per_level=(8, 8, 16), convs_per_level=1,
-                   latent_dim=3, num_classes=3, num_comb_convs=3)
+                   latent_dim=3, num_classes=3, num_comb_convs=3,
+                   weight_init='he_normal', up_sampling='bilinear')
 
 
 def _inputs(size, batch=2, channels=1, num_classes=3, seed=0):

@@ -1,4 +1,6 @@
 """Tests of the synthetic data generators, their builders and tfds_utils."""
+import hashlib
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -6,7 +8,12 @@ from scipy import stats
 from datasets import tfds_utils
 from datasets.synthetic_cells import generator as cells_generator
 from datasets.synthetic_lesions import generator as lesions_generator
+from datasets.synthetic_lesions import generator_v2
 from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
+
+_LESION_CONFIGS = {
+    c.name: c
+    for c in synthetic_lesions_dataset_builder.Builder.BUILDER_CONFIGS}
 
 _TINY_LESIONS = lesions_generator.LesionsSpec(
     image_size=32, max_lesions=2, radius_range=(0.07, 0.12))
@@ -177,6 +184,118 @@ def test_bad_specs_and_too_many_modes_raise():
     tfds_utils.builder_class('no_such_set')
 
 
+# sha256 (first 16 hex digits) over the sorted arrays of test examples 0-2 of
+# each v1 config, computed with the code before version 2 existed (commit
+# 5aac573, where these configs were named default / many_lesions / tiny).
+_V1_DIGESTS = {'v1': '049dca85cce64c74', 'v1_many_lesions': 'cb3a4adaa650e7f0',
+               'v1_tiny': 'c974f1d0efa74e4a'}
+
+
+@pytest.mark.parametrize('name', sorted(_V1_DIGESTS))
+def test_v1_configs_generate_the_old_data(name):
+  config = _LESION_CONFIGS[name]
+  digest = hashlib.sha256()
+  for index in range(3):
+    example = synthetic_lesions_dataset_builder.generate_example(
+        config.spec, config.seed, 2, index)
+    for key in sorted(example):
+      digest.update(np.ascontiguousarray(example[key]).tobytes())
+  assert digest.hexdigest()[:16] == _V1_DIGESTS[name]
+
+
+@pytest.mark.parametrize('name', ['default', 'few_lesions', 'many_lesions',
+                                  'tiny'])
+def test_v2_modes_sum_to_one_and_match_the_graders(name):
+  """Every v2 config: enumerated probabilities sum to 1; oracle draws follow
+  them (chi-square, fixed seed), and a uniform distribution is rejected."""
+  spec, seed = _LESION_CONFIGS[name].spec, _LESION_CONFIGS[name].seed
+  example = generator_v2.generate_example(spec, seed, 0, 1)
+  params = generator_v2.params_from_features(example)
+  assert spec.min_lesions <= len(params.probs) <= spec.max_lesions
+  modes, probs = lesions_generator.enumerate_modes(params)
+  assert abs(probs.sum() - 1) < 1e-12 and probs.min() > 0
+  assert len(_mode_index(modes)) == len(modes)
+  num_draws = 4_000
+  samples = lesions_generator.oracle_sample(params, np.random.default_rng(3),
+                                            num_draws)
+  by_mask = _mode_index(modes)
+  counts = np.bincount([by_mask[s.tobytes()] for s in samples],
+                       minlength=len(modes))
+  expected = num_draws * probs
+  rare = expected < 5
+  observed = np.append(counts[~rare], counts[rare].sum())
+  expected = np.append(expected[~rare], expected[rare].sum())
+  keep = expected > 0
+  _, p_value = stats.chisquare(observed[keep], expected[keep])
+  assert p_value > 1e-3
+  _, p_wrong = stats.chisquare(observed[keep],
+                               np.full(keep.sum(), num_draws / keep.sum()))
+  assert p_wrong < 1e-6
+
+
+def test_v2_stored_graders_share_one_style_and_follow_the_probabilities():
+  """Stored graders of v2: every grading is one style applied to all its
+  lesions; style and presence frequencies match (chi-square, fixed seed)."""
+  spec = _LESION_CONFIGS['default'].spec
+  present_counts = {p: [0, 0] for p in spec.abnormal_probs}
+  style_counts = np.zeros(len(spec.style_offsets), np.int64)
+  for index in range(150):
+    example = generator_v2.generate_example(spec, 7, 0, index)
+    params = generator_v2.params_from_features(example)
+    field = params.style_field()
+    for grader in example['graders'].astype(bool):
+      cores = field <= min(spec.style_offsets)  # In every style's mask.
+      present = np.array([grader[c].all() for c in cores])
+      assert all(grader[c].any() == p for c, p in zip(cores, present))
+      for p, is_present in zip(params.probs, present):
+        level = min(spec.abnormal_probs, key=lambda q: abs(q - p))
+        present_counts[level][0] += int(is_present)
+        present_counts[level][1] += 1
+      matching = [s for s, offset in enumerate(spec.style_offsets)
+                  if np.array_equal(grader, np.any(
+                      (field <= offset) & present[:, None, None], axis=0))]
+      assert len(matching) == (1 if present.any() else len(matching))
+      assert matching, 'grading is not one style applied to all its lesions'
+      if present.any():
+        style_counts[matching[0]] += 1
+  chi2 = sum((hits - total * p)**2 / (total * p * (1 - p))
+             for p, (hits, total) in present_counts.items())
+  assert stats.chi2.sf(chi2, df=len(present_counts)) > 1e-3
+  _, p_style = stats.chisquare(
+      style_counts, style_counts.sum() * np.asarray(spec.style_probs))
+  assert p_style > 1e-3
+
+
+def test_v2_styles_move_every_outline_by_the_offset():
+  spec = _LESION_CONFIGS['default'].spec
+  params = generator_v2.params_from_features(
+      generator_v2.generate_example(spec, 0, 0, 0))
+  field = params.style_field()
+  for mask, lesion_field in zip(params.lesion_masks(), field):
+    assert np.array_equal(lesion_field <= 0, mask)
+    narrow, wide = lesion_field <= -2.5, lesion_field <= 2.5
+    # Erosion / dilation by about 2 px: a strong change of every lesion.
+    assert 0 < narrow.sum() < 0.7 * mask.sum()
+    assert wide.sum() > 1.4 * mask.sum()
+
+
+@pytest.mark.parametrize('kwargs,field', [
+    (dict(max_lesions=9), 'max_lesions'),
+    (dict(abnormal_probs=(0.0, 0.5, 0.8)), 'abnormal_probs'),
+    (dict(abnormal_probs=(0.2, 0.5, 1.0)), 'abnormal_probs'),
+    (dict(cue_levels=(0.3, 0.4, 0.7)), 'cue_levels'),
+    (dict(cue_levels=(0.3, 0.5)), 'cue_levels'),
+    (dict(noise_std=0.05), 'cue_levels'),
+    (dict(style_offsets=(-2.0, 0.0, 2.0)), 'style_offsets'),
+    (dict(radius_range=(0.04, 0.06)), 'radius_range'),
+    (dict(style_probs=(0.5, 0.2, 0.2)), 'style_probs'),
+    (dict(min_lesions=0), 'min_lesions'),
+])
+def test_v2_bad_specs_raise_naming_the_field(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    generator_v2.LesionsSpecV2(**kwargs)
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')
@@ -196,14 +315,14 @@ def test_tiny_lesions_build_reads_back(data_dir):
     assert record['graders'].dtype == np.uint8
     assert record['graders'].shape == (4, 32, 32)
     # The stored record is exactly what the generator makes for its index.
-    expected = lesions_generator.generate_example(
+    expected = generator_v2.generate_example(
         config.spec, config.seed,
         synthetic_lesions_dataset_builder.SPLIT_IDS['validation'],
         int(record['index']))
     for key, value in expected.items():
       np.testing.assert_array_equal(record[key], value, err_msg=key)
     # The stored parameters regenerate modes that contain every grader.
-    params = lesions_generator.LesionParams.from_features(record)
+    params = generator_v2.params_from_features(record)
     by_mask = _mode_index(lesions_generator.enumerate_modes(params)[0])
     assert all(g.astype(np.int32).tobytes() in by_mask
                for g in record['graders'])
@@ -223,14 +342,14 @@ def test_tiny_cells_build_reads_back(data_dir):
 
 
 def test_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
-  real_generate = lesions_generator.generate_example
+  real_generate = generator_v2.generate_example
 
   def generate_then_fail(spec, seed, split_id, index):
     if index == 5:
       raise RuntimeError('generation failed')
     return real_generate(spec, seed, split_id, index)
 
-  monkeypatch.setattr(lesions_generator, 'generate_example', generate_then_fail)
+  monkeypatch.setattr(generator_v2, 'generate_example', generate_then_fail)
   with pytest.raises(RuntimeError, match='generation failed'):
     tfds_utils.load_builder('synthetic_lesions', tmp_path, 'tiny')
   assert not (tmp_path / 'synthetic_lesions' / 'tiny').exists()

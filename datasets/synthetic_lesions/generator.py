@@ -23,6 +23,14 @@ distribution is enumerable (`enumerate_modes`) and can be sampled exactly
 Everything is deterministic: `generate_example(spec, seed, split_id, index)`
 seeds numpy from `(seed, split_id, index)`. Generating parameters are rounded to
 float32 before use, so what a data set stores regenerates its modes exactly.
+
+This is version 1 of the data (builder configs `v1`, `v1_many_lesions`,
+`v1_tiny`). Its image does not pin down the answer (the soft edge and the
+faint cue leave both the outline and `p_i` uncertain; README "Synthetic
+lesions v2"); `generator_v2` renders the well-posed version 2. Both share the
+answer model: a grading is the union over segmented lesions of
+`{style_field_i <= style_scales[s]}`, so `enumerate_modes` and
+`oracle_sample` serve both (`params.style_field()`).
 """
 import dataclasses
 import itertools
@@ -135,6 +143,11 @@ class LesionParams(NamedTuple):
         'style_scales': self.style_scales, 'style_probs': self.style_probs,
     }
 
+  def style_field(self) -> np.ndarray:
+    """float64 `[N, H, W]`: lesion `i` under style `s` is
+    `{style_field[i] <= style_scales[s]}` (here the normalised radius)."""
+    return normalised_radius(self)
+
   @classmethod
   def from_features(cls, record) -> 'LesionParams':
     """Reads the parameters back from a stored record (needs its `image`)."""
@@ -155,11 +168,16 @@ _PLACEMENT_TRIES = 200
 _PLACEMENT_RESTARTS = 50
 
 
-def normalised_radius(params: LesionParams) -> np.ndarray:
+def normalised_radius(params) -> np.ndarray:
   """float64 `[N, H, W]`: per lesion, distance over outline radius per pixel.
 
   A pixel belongs to lesion `i` under style scale `s` iff `rho_i <= s`.
+  Parameters of another version (`generator_v2.LesionParamsV2`) return their
+  own `style_field()`, which has the same meaning, so code written for v1
+  (e.g. the study's per-level decoding) reads v2 as well.
   """
+  if not isinstance(params, LesionParams):
+    return params.style_field()
   size = params.image_size
   rows, cols = np.meshgrid(np.arange(size, dtype=np.float64),
                            np.arange(size, dtype=np.float64), indexing='ij')
@@ -181,7 +199,7 @@ def _style_probs(params: LesionParams) -> np.ndarray:
   return probs / probs.sum()
 
 
-def enumerate_modes(params: LesionParams) -> tuple[np.ndarray, np.ndarray]:
+def enumerate_modes(params) -> tuple[np.ndarray, np.ndarray]:
   """All distinct gradings of one image and their probabilities.
 
   Modes are enumerated style-major, then lesion subsets in binary order; masks
@@ -190,18 +208,19 @@ def enumerate_modes(params: LesionParams) -> tuple[np.ndarray, np.ndarray]:
   the probabilities summed, so no two returned modes are equal.
 
   Args:
-    params: the image's generating parameters.
+    params: the image's generating parameters (`LesionParams` or
+      `generator_v2.LesionParamsV2`).
 
   Returns:
     modes: int32 `[M, H, W]` 0/1 masks.
     probs: float64 `[M]`, summing to 1.
   """
-  num_lesions = len(params.radii)
+  num_lesions = len(params.probs)
   num_styles = len(params.style_scales)
   if num_styles << num_lesions > MAX_ENUMERATED_MODES:
     raise ValueError(f'{num_styles} styles x 2^{num_lesions} lesion subsets is '
                      f'more than {MAX_ENUMERATED_MODES} modes')
-  rho = normalised_radius(params)
+  rho = params.style_field()
   lesion_probs = params.probs.astype(np.float64)
   subsets = np.array(list(itertools.product((False, True), repeat=num_lesions)),
                      dtype=bool).reshape(2**num_lesions, num_lesions)
@@ -222,8 +241,7 @@ def enumerate_modes(params: LesionParams) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(modes).astype(np.int32), np.array(probs, np.float64)
 
 
-def oracle_sample(params: LesionParams, rng: np.random.Generator,
-                  n: int) -> np.ndarray:
+def oracle_sample(params, rng: np.random.Generator, n: int) -> np.ndarray:
   """Draws `n` independent gradings from the true distribution.
 
   Each draw picks a style and, independently per lesion, whether it is
@@ -237,15 +255,15 @@ def oracle_sample(params: LesionParams, rng: np.random.Generator,
   Returns:
     int32 `[n, H, W]` 0/1 masks.
   """
-  rho = normalised_radius(params)
+  rho = params.style_field()
   styles = rng.choice(len(params.style_scales), size=n, p=_style_probs(params))
-  abnormal = rng.random((n, len(params.radii))) < params.probs.astype(
+  abnormal = rng.random((n, len(params.probs))) < params.probs.astype(
       np.float64)
   samples = np.zeros((n,) + rho.shape[1:], np.int32)
   for style, scale in enumerate(params.style_scales):
     drawn = styles == style
     inside = (rho <= scale).astype(np.float32).reshape(
-        len(rho), params.image_size**2)
+        len(rho), rho.shape[1] * rho.shape[2])
     # [n_s, N] @ [N, H*W] counts segmented lesions covering each pixel.
     covered = abnormal[drawn].astype(np.float32) @ inside
     samples[drawn] = (covered > 0).reshape((-1,) + rho.shape[1:])

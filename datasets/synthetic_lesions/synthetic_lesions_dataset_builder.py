@@ -5,6 +5,12 @@ distribution (like LIDC's 4 graders) and the generating parameters, from which
 `generator.enumerate_modes` rebuilds every mode and its probability exactly.
 Written as array_record; read it back with `tfds_utils.data_source`.
 
+Configs: version 2 (`generator_v2`, well posed: the image shows every
+lesion's outline and probability exactly) is `default` (2-4 lesions),
+`few_lesions` (1), `many_lesions` (5-6) and `tiny`; version 1 (`generator`,
+the data of the issue-6 study) stays reachable as `v1`, `v1_many_lesions` and
+`v1_tiny`, generated exactly as before.
+
 Build from the repository root with
 `python -m datasets.tfds_utils synthetic_lesions --config=tiny` or in code with
 `datasets.tfds_utils.load_builder('synthetic_lesions', data_dir, 'tiny')`
@@ -17,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from datasets import image_codec
 from datasets.synthetic_lesions import generator
+from datasets.synthetic_lesions import generator_v2
 
 # Split name -> id that goes into each example's random seed.
 SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
@@ -28,39 +35,77 @@ class LesionsConfig(tfds.core.BuilderConfig):
 
   Attributes:
     spec: generation settings (image size, lesion counts, probabilities,
-      styles); see `generator.LesionsSpec`.
+      styles): a `generator_v2.LesionsSpecV2` (version 2) or a
+      `generator.LesionsSpec` (version 1).
     num_train: examples in the train split.
     num_validation: examples in the validation split.
     num_test: examples in the test split.
     seed: base seed; example `i` of split `s` is generated from
       `(seed, SPLIT_IDS[s], i)`.
   """
-  spec: generator.LesionsSpec = dataclasses.field(
-      default_factory=generator.LesionsSpec)
+  spec: generator_v2.LesionsSpecV2 | generator.LesionsSpec = (
+      dataclasses.field(default_factory=generator_v2.LesionsSpecV2))
   num_train: int = 10_000
   num_validation: int = 1_000
   num_test: int = 1_000
   seed: int = 0
 
 
+def generate_example(spec, seed: int, split_id: int, index: int) -> dict:
+  """The example of `spec`'s version (v2 or v1 generator)."""
+  if isinstance(spec, generator_v2.LesionsSpecV2):
+    return generator_v2.generate_example(spec, seed, split_id, index)
+  return generator.generate_example(spec, seed, split_id, index)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Synthetic lesions with multi-scale, exactly enumerable ambiguity."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '2.0.0': ('Version 2 of the data (generator_v2) is `default`, '
+                '`few_lesions`, `many_lesions`, `tiny`; the 1.0.0 configs '
+                'are renamed `v1`, `v1_many_lesions`, `v1_tiny` (same data).'),
+  }
   BUILDER_CONFIGS = [
       LesionsConfig(
           name='default',
-          description='64x64, 1-3 lesions per image.'),
+          description=('v2, 64x64, 2-4 lesions; outlines and probabilities '
+                       'readable from the image.'),
+          spec=generator_v2.LesionsSpecV2(min_lesions=2, max_lesions=4),
+          seed=10),
+      LesionsConfig(
+          name='few_lesions',
+          description='v2, 64x64, 1 lesion per image (generalisation).',
+          spec=generator_v2.LesionsSpecV2(min_lesions=1, max_lesions=1),
+          num_train=2_000, num_validation=500, num_test=1_000, seed=11),
       LesionsConfig(
           name='many_lesions',
-          description=('64x64, 4-6 lesions per image, lesions as in `default`: '
-                       'tests generalisation to more lesions.'),
+          description=('v2, 64x64, 5-6 lesions per image, lesions as in '
+                       '`default` (generalisation).'),
+          spec=generator_v2.LesionsSpecV2(min_lesions=5, max_lesions=6),
+          num_train=2_000, num_validation=500, num_test=1_000, seed=12),
+      LesionsConfig(
+          name='tiny',
+          description='v2, 32x32, 1-2 lesions, a handful of examples (tests).',
+          spec=generator_v2.LesionsSpecV2(
+              image_size=32, min_lesions=1, max_lesions=2,
+              radius_range=(0.12, 0.15), style_offsets=(-1.5, 0.0, 1.5)),
+          num_train=16, num_validation=8, num_test=8, seed=13),
+      LesionsConfig(
+          name='v1',
+          description='v1 (the issue-6 study), 64x64, 1-3 lesions.',
+          spec=generator.LesionsSpec()),
+      LesionsConfig(
+          name='v1_many_lesions',
+          description=('v1, 64x64, 4-6 lesions per image, lesions as in '
+                       '`v1`: tests generalisation to more lesions.'),
           spec=generator.LesionsSpec(min_lesions=4, max_lesions=6),
           num_train=2_000, num_validation=500, num_test=1_000, seed=1),
       LesionsConfig(
-          name='tiny',
-          description='32x32, 1-2 lesions, a handful of examples (tests).',
+          name='v1_tiny',
+          description='v1, 32x32, 1-2 lesions, a handful of examples (tests).',
           spec=generator.LesionsSpec(image_size=32, max_lesions=2,
                                      radius_range=(0.07, 0.12)),
           num_train=16, num_validation=8, num_test=8, seed=2),
@@ -75,27 +120,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.builder_config.spec
     size = spec.image_size
-    num_styles = len(spec.style_scales)
+    num_styles = len(spec.style_probs)
+    tensor = tfds.features.Tensor
+    features = {
+        'image': tfds.features.Image(shape=(size, size, 1), dtype=np.uint8),
+        'graders': tensor(shape=(spec.num_graders, size, size),
+                          dtype=np.uint8),
+        'lesion_probs': tensor(shape=(None,), dtype=np.float32),
+        'style_scales': tensor(shape=(num_styles,), dtype=np.float32),
+        'style_probs': tensor(shape=(num_styles,), dtype=np.float32),
+        'index': tfds.features.Scalar(dtype=np.int64),
+    }
+    if isinstance(spec, generator_v2.LesionsSpecV2):
+      features['lesion_labels'] = tensor(shape=(size, size), dtype=np.uint8)
+    else:
+      features.update(
+          lesion_centres=tensor(shape=(None, 2), dtype=np.float32),
+          lesion_radii=tensor(shape=(None,), dtype=np.float32),
+          lesion_harmonics=tensor(shape=(None, generator.NUM_HARMONICS, 2),
+                                  dtype=np.float32))
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 1),
-                                         dtype=np.uint8),
-            'graders': tfds.features.Tensor(
-                shape=(spec.num_graders, size, size), dtype=np.uint8),
-            'lesion_centres': tfds.features.Tensor(shape=(None, 2),
-                                                   dtype=np.float32),
-            'lesion_radii': tfds.features.Tensor(shape=(None,),
-                                                 dtype=np.float32),
-            'lesion_harmonics': tfds.features.Tensor(
-                shape=(None, generator.NUM_HARMONICS, 2), dtype=np.float32),
-            'lesion_probs': tfds.features.Tensor(shape=(None,),
-                                                 dtype=np.float32),
-            'style_scales': tfds.features.Tensor(shape=(num_styles,),
-                                                 dtype=np.float32),
-            'style_probs': tfds.features.Tensor(shape=(num_styles,),
-                                                dtype=np.float32),
-            'index': tfds.features.Scalar(dtype=np.int64),
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         homepage='https://arxiv.org/abs/1905.13077',
     )
@@ -111,8 +156,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
     for index in range(num_examples):
-      example = generator.generate_example(config.spec, config.seed,
-                                           SPLIT_IDS[split], index)
+      example = generate_example(config.spec, config.seed, SPLIT_IDS[split],
+                                 index)
       example['image'] = image_codec.encode_png(example['image'])
       example['index'] = index
       yield index, example
