@@ -60,7 +60,7 @@ def _hm_iou(samples, graders, convention: str) -> float:
   return metrics.hungarian_matched_iou(samples, graders)
 
 
-def _distribution_scores(samples: np.ndarray, graders: np.ndarray,
+def distribution_scores(samples: np.ndarray, graders: np.ndarray,
                          protocol: LesionProtocol, modes=None,
                          mode_probs=None) -> Dict[str, float]:
   """GED^2 and diversity at few and at all samples, HM-IoU at few, and
@@ -114,7 +114,7 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
   if 'modes' in example:
     modes = np.asarray(example['modes']) > 0
     probs = np.asarray(example['mode_probs'], np.float64)
-  values.update(_distribution_scores(samples, graders, protocol, modes, probs))
+  values.update(distribution_scores(samples, graders, protocol, modes, probs))
   values['ece'] = field_metrics.pixel_ece(samples.mean(axis=0),
                                           graders.mean(axis=0))
   if sample_foreground is not None:
@@ -128,7 +128,7 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
   oracle_values = {}
   if modes is not None:
     oracle = modes[rng.choice(len(probs), size=len(samples), p=probs)]
-    oracle_values = _distribution_scores(oracle, graders, protocol, modes,
+    oracle_values = distribution_scores(oracle, graders, protocol, modes,
                                          probs)
   arrays = dict(image=example['image'], graders=graders, recon=recon,
                 samples=samples[:FEW_SAMPLES])

@@ -15,11 +15,8 @@ import os
 
 from absl import app
 from absl import flags
-import numpy as np
 
-from datasets import pipeline
-from eval import bootstrap
-from eval import task_scores
+from eval import lesion_oracle
 
 _BUILDER_CONFIG = flags.DEFINE_string('builder_config', 'default',
                                       'synthetic_lesions builder config.')
@@ -29,30 +26,12 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 100, 'Oracle samples.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file to write (optional).')
 
 
-def oracle_scores(data_config, num_examples: int, num_samples: int,
-                  seed: int = 0) -> dict:
-  """`{metric: [mean, bootstrap std]}` of the oracle over the test images."""
-  rng = np.random.default_rng(seed)
-  per_image = {}
-  for example in pipeline.eval_examples(data_config, 'test',
-                                        limit=num_examples):
-    modes = example['modes'] > 0
-    probs = example['mode_probs']
-    samples = modes[rng.choice(len(probs), size=num_samples, p=probs)]
-    values = task_scores._distribution_scores(  # pylint: disable=protected-access
-        samples, example['graders'] > 0, modes, probs)
-    for name, value in values.items():
-      per_image.setdefault(name, []).append(value)
-  return {name: list(bootstrap.bootstrap_mean_std(values, rng=rng))
-          for name, values in per_image.items()}
-
-
 def main(argv):
   del argv
   data_config = {'name': 'synthetic_lesions',
                  'builder_config': _BUILDER_CONFIG.value,
                  'data_dir': _DATA_DIR.value}
-  scores = oracle_scores(data_config, _NUM_EXAMPLES.value, _NUM_SAMPLES.value)
+  scores = lesion_oracle.oracle_scores(data_config, _NUM_EXAMPLES.value, _NUM_SAMPLES.value)
   for name, (mean, std) in scores.items():
     print(f'{name:>14s} {mean:.4f} ± {std:.4f}')
   if _OUT.value:

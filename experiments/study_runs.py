@@ -205,7 +205,7 @@ def completeness_problem(config: ml_collections.ConfigDict,
   if finished.get('config_hash') != wanted_hash:
     return (f"it was trained with config hash {finished.get('config_hash')}"
             f', the study asks for {wanted_hash}')
-  eval_dir = os.path.join(run_dir, 'eval', config.eval.split)
+  eval_dir = outputs.final_results_dir(run_dir, config)
   if not is_evaluated(eval_dir):
     return 'it has not been evaluated'
   with open(os.path.join(eval_dir, 'metrics.json')) as f:

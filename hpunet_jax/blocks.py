@@ -46,9 +46,11 @@ def he_normal_init() -> hk.initializers.Initializer:
   return init
 
 
-def conv(channels: int, kernel: int, name: Optional[str] = None) -> 'Conv2D':
-  """A SAME-padded convolution with the paper's initialisers."""
-  return Conv2D(channels, kernel, name=name)
+def conv(channels: int, kernel: int, name: Optional[str] = None,
+         w_init: Optional[hk.initializers.Initializer] = None) -> 'Conv2D':
+  """A SAME-padded convolution with the paper's initialisers (or `w_init`'s
+  kernels)."""
+  return Conv2D(channels, kernel, name=name, w_init=w_init)
 
 
 class Conv2D(hk.Module):
@@ -64,10 +66,15 @@ class Conv2D(hk.Module):
   holds enough rows (XLA's partitioner gets coarser levels wrong).
   """
 
-  def __init__(self, channels: int, kernel: int, name: Optional[str] = None):
+  def __init__(self, channels: int, kernel: int, name: Optional[str] = None,
+               w_init: Optional[hk.initializers.Initializer] = None):
+    """`w_init`: the kernels' initialiser; None = orthogonal (`weight_init`).
+    Passed explicitly (not by a Haiku creator), so that the host-side init
+    (`hpunet_jax.initialisation`) sees the initialiser actually used."""
     super().__init__(name=name)
     self.channels = channels
     self.kernel = kernel
+    self.w_init = weight_init() if w_init is None else w_init
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[B, H, W, C_in] -> [B, H, W, channels]`."""
@@ -77,7 +84,7 @@ class Conv2D(hk.Module):
     x = partitioning.feature_map(x)
     w = hk.get_parameter(
         'w', (self.kernel, self.kernel, x.shape[-1], self.channels), x.dtype,
-        init=weight_init())
+        init=self.w_init)
     b = hk.get_parameter('b', (self.channels,), x.dtype, init=bias_init())
     if self.kernel == 1:
       y = pointwise_conv(x, w[0, 0])

@@ -17,7 +17,6 @@ plain ReLU stack starts with a near-vanishing output (README).
 Shape glossary: `B` batch, `H, W` image size, `C` channels, `K` classes, `D`
 latent dims.
 """
-import contextlib
 from typing import NamedTuple, Optional, Sequence
 
 import haiku as hk
@@ -35,13 +34,6 @@ WEIGHT_INITS = ('he_normal', 'orthogonal')
 UP_SAMPLINGS = ('bilinear', 'nearest')
 
 
-def _he_normal_kernels(next_creator, shape, dtype, init, context):
-  """Haiku creator: every kernel `w` He-normal, biases unchanged."""
-  if context.name == 'w':
-    init = blocks.he_normal_init()
-  return next_creator(shape, dtype, init)
-
-
 class Encoding(NamedTuple):
   """What sampling reuses: U-Net features `[B, H, W, C_0]` and the prior."""
   unet_features: jax.Array
@@ -49,21 +41,24 @@ class Encoding(NamedTuple):
 
 
 def conv_stack(x: jax.Array, channels: int, num_convs: int,
-               name: str) -> jax.Array:
-  """`num_convs` x (3x3 conv + ReLU)."""
+               name: str, w_init) -> jax.Array:
+  """`num_convs` x (3x3 conv + ReLU); kernels from `w_init` (None =
+  orthogonal)."""
   for i in range(num_convs):
-    x = jax.nn.relu(blocks.conv(channels, 3, name=f'{name}_conv{i}')(x))
+    x = jax.nn.relu(blocks.conv(channels, 3, name=f'{name}_conv{i}',
+                                w_init=w_init)(x))
   return x
 
 
 def vgg_encoder(x: jax.Array, channels_per_level: Sequence[int],
-                convs_per_level: int) -> list:
+                convs_per_level: int, w_init) -> list:
   """Per-level features, finest first: `[B, H / 2**l, W / 2**l, C_l]`."""
   features = []
   for level, channels in enumerate(channels_per_level):
     if level > 0:
       x = blocks.resize_down(x)
-    x = conv_stack(x, channels, convs_per_level, name=f'encoder_level{level}')
+    x = conv_stack(x, channels, convs_per_level, name=f'encoder_level{level}',
+                   w_init=w_init)
     features.append(x)
   return features
 
@@ -73,16 +68,19 @@ class GlobalLatentNet(hk.Module):
   with leaves `[B, 1, 1, D]`."""
 
   def __init__(self, channels_per_level, convs_per_level, latent_dim,
-               name=None):
+               w_init, name=None):
     super().__init__(name=name)
+    self.w_init = w_init
     self.channels_per_level = tuple(channels_per_level)
     self.convs_per_level = convs_per_level
     self.latent_dim = latent_dim
 
   def __call__(self, x: jax.Array) -> distributions.DiagonalGaussian:
-    features = vgg_encoder(x, self.channels_per_level, self.convs_per_level)
+    features = vgg_encoder(x, self.channels_per_level, self.convs_per_level,
+                           self.w_init)
     pooled = jnp.mean(features[-1], axis=(1, 2), keepdims=True)
-    params = blocks.conv(2 * self.latent_dim, 1, name='latent')(pooled)
+    params = blocks.conv(2 * self.latent_dim, 1, name='latent',
+                         w_init=self.w_init)(pooled)
     return distributions.gaussian_from_params(params)
 
 
@@ -106,6 +104,9 @@ class ProbUNet(hk.Module):
       raise ValueError(f'up_sampling must be one of {UP_SAMPLINGS}, got '
                        f'{up_sampling!r}.')
     self.weight_init = weight_init
+    # Kernels of every conv; None = blocks.conv's orthogonal ones.
+    self.w_init = (blocks.he_normal_init() if weight_init == 'he_normal'
+                   else None)
     self.resize_up = (blocks.resize_up_bilinear if up_sampling == 'bilinear'
                       else blocks.resize_up)
     self.channels_per_level = tuple(channels_per_level)
@@ -115,7 +116,8 @@ class ProbUNet(hk.Module):
     self.num_comb_convs = num_comb_convs
     self.num_input_channels = num_input_channels
     net_kwargs = dict(channels_per_level=channels_per_level,
-                      convs_per_level=convs_per_level, latent_dim=latent_dim)
+                      convs_per_level=convs_per_level, latent_dim=latent_dim,
+                      w_init=self.w_init)
     self.prior_net = GlobalLatentNet(**net_kwargs, name='prior_net')
     self.posterior_net = GlobalLatentNet(**net_kwargs, name='posterior_net')
 
@@ -123,22 +125,16 @@ class ProbUNet(hk.Module):
 
   _check = hpunet.HierarchicalProbUNet._check  # Same input validation.
 
-  def _initialisers(self):
-    """Context in which parameters get `weight_init`'s kernels."""
-    if self.weight_init == 'he_normal':
-      return hk.custom_creator(_he_normal_kernels)
-    return contextlib.nullcontext()  # blocks.conv's orthogonal kernels.
-
   def _unet(self, image: jax.Array) -> jax.Array:
     """U-Net features at full resolution, `[B, H, W, C_0]`."""
     with hk.name_scope('unet'):
       features = vgg_encoder(image, self.channels_per_level,
-                             self.convs_per_level)
+                             self.convs_per_level, self.w_init)
       x = features[-1]
       for level in range(len(features) - 2, -1, -1):
         x = jnp.concatenate([self.resize_up(x), features[level]], axis=-1)
         x = conv_stack(x, self.channels_per_level[level], self.convs_per_level,
-                       name=f'decoder_level{level}')
+                       name=f'decoder_level{level}', w_init=self.w_init)
     return x
 
   def _f_comb(self, unet_features: jax.Array, z: jax.Array) -> jax.Array:
@@ -148,8 +144,9 @@ class ProbUNet(hk.Module):
       x = jnp.concatenate([unet_features, tiled], axis=-1)
       for i in range(self.num_comb_convs - 1):
         x = jax.nn.relu(blocks.conv(unet_features.shape[-1], 1,
-                                    name=f'conv1x1_{i}')(x))
-      return blocks.conv(self.num_classes, 1, name='logits')(x)
+                                    name=f'conv1x1_{i}', w_init=self.w_init)(x))
+      return blocks.conv(self.num_classes, 1, name='logits',
+                         w_init=self.w_init)(x)
 
   def _posterior(self, image, segmentation):
     one_hot = jax.nn.one_hot(segmentation, self.num_classes, dtype=image.dtype)
@@ -157,8 +154,7 @@ class ProbUNet(hk.Module):
 
   def encode(self, image: jax.Array) -> Encoding:
     self._check(image)
-    with self._initialisers():
-      return Encoding(self._unet(image), self.prior_net(image))
+    return Encoding(self._unet(image), self.prior_net(image))
 
   def decode(self, encoding: Encoding,
              mean_levels: hierarchical_core.MeanLevels = None) -> jax.Array:
@@ -169,17 +165,15 @@ class ProbUNet(hk.Module):
       use_mean = False if mean_levels is None else jnp.asarray(mean_levels)[0]
       z = distributions.sample_or_mean(encoding.prior, hk.next_rng_key(),
                                        use_mean)
-    with self._initialisers():
-      return self._f_comb(encoding.unet_features, z)
+    return self._f_comb(encoding.unet_features, z)
 
   def train_forward(self, image: jax.Array,
                     segmentation: jax.Array) -> hpunet.TrainOutputs:
     self._check(image)
     encoding = self.encode(image)
-    with self._initialisers():
-      q = self._posterior(image, segmentation)
-      z = distributions.sample_or_mean(q, hk.next_rng_key(), False)
-      logits = self._f_comb(encoding.unet_features, z)
+    q = self._posterior(image, segmentation)
+    z = distributions.sample_or_mean(q, hk.next_rng_key(), False)
+    logits = self._f_comb(encoding.unet_features, z)
     kl = losses.kl_per_level(q, encoding.prior)[None]
     return hpunet.TrainOutputs(logits, kl, (q,), (encoding.prior,))
 
@@ -187,7 +181,6 @@ class ProbUNet(hk.Module):
                   segmentation: jax.Array) -> jax.Array:
     """Logits from the posterior mean."""
     self._check(image)
-    with self._initialisers():
-      unet_features = self._unet(image)
-      q = self._posterior(image, segmentation)
-      return self._f_comb(unet_features, q.mean)
+    unet_features = self._unet(image)
+    q = self._posterior(image, segmentation)
+    return self._f_comb(unet_features, q.mean)

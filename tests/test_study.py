@@ -1,6 +1,7 @@
 """The synthetic study: decoding, pooling, configs and the tiny pipeline."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from datasets.synthetic_lesions import generator
 from eval import bootstrap
 from eval import evaluator
+from eval import outputs
 from eval import restore
 from experiments import study_analysis
 from experiments import study_runs
@@ -189,8 +191,11 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
   assert run.step == 1
   evaluator.evaluate(run.config, run.params, run.model, 'test',
                      config.eval.num_samples, workdir=run_dir,
-                     checkpoint_step=run.step)
-  assert study_runs.is_evaluated(f'{run_dir}/eval/test')
+                     step=run.step)
+  # Its own folder (named by step 1); the study must still not count it.
+  assert study_runs.is_evaluated(outputs.results_dir(
+      run_dir, 'test', step=1, num_samples=config.eval.num_samples,
+      num_examples=config.eval.num_examples))
   assert study_runs.completeness_problem(config, run_dir) == (
       'its training has not finished')
   # The rerun trains to the end and evaluates that.
@@ -213,7 +218,8 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
       study_runs.completeness_problem(config, run_dir))
   with open(finished_path, 'w') as f:
     json.dump(finished, f)
-  metrics_path = f'{run_dir}/eval/test/metrics.json'
+  metrics_path = os.path.join(outputs.final_results_dir(run_dir, config),
+                              'metrics.json')
   with open(metrics_path) as f:
     metrics = json.load(f)
   with open(metrics_path, 'w') as f:

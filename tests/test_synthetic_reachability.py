@@ -103,11 +103,12 @@ def test_reader_notices_an_image_that_hides_the_outline():
 
 def test_oracle_scores_script_on_tiny(tmp_path):
   from datasets import tfds_utils
-  from experiments import lesions_oracle_scores
+  from eval import lesion_oracle
   tfds_utils.load_builder('synthetic_lesions', tmp_path, 'tiny')
-  scores = lesions_oracle_scores.oracle_scores(
+  scores = lesion_oracle.oracle_scores(
       {'name': 'synthetic_lesions', 'builder_config': 'tiny',
        'data_dir': str(tmp_path)}, num_examples=4, num_samples=16)
-  assert set(scores) == {'ged_16', 'hm_iou', 'exact_ged', 'exact_hm_iou'}
+  assert set(scores) == {'ged_16', 'diversity_16', 'hm_iou', 'exact_ged',
+                         'exact_hm_iou'}
   assert 0 <= scores['exact_ged'][0] < 0.1  # Samples of the truth itself.
   assert all(np.isfinite(v).all() for v in scores.values())
