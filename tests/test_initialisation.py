@@ -82,7 +82,9 @@ def test_deterministic_per_key_and_jittable():
     hk.initializers.VarianceScaling(2.0, 'fan_in', 'truncated_normal'),
     hk.initializers.VarianceScaling(1.0, 'fan_avg', 'uniform'),
     hk.initializers.VarianceScaling(1.0, 'fan_out', 'normal'),
-], ids=repr)
+], ids=['orthogonal', 'orthogonal_scale2_axis0', 'truncated_normal',
+        'normal', 'uniform', 'he_truncated_normal', 'glorot_uniform',
+        'fan_out_normal'])  # Stable ids: pytest-xdist workers compare them.
 @pytest.mark.parametrize('shape', [(3, 3, 16, 32), (256, 40)])
 def test_host_draws_match_haiku_in_distribution(init, shape):
   host, haiku = _host_draw(init, shape), _haiku_draw(init, shape)
