@@ -1,6 +1,6 @@
 """The train step the benchmarks time, built like the trainer builds it.
 
-`build_train_steps` compiles `experiments.train_lib.make_train_step` (or, with
+`build_train_steps` compiles `experiments.train_step.make_train_step` (or, with
 `step_source='composed'`, the same computation composed here) on a synthetic
 batch, once per XLA option set of `common.COMPILER_OPTIONS`.
 """
@@ -45,12 +45,12 @@ def _adam(config) -> optax.GradientTransformation:
 
 
 def _trainer_step(config, model, batch):
-  """The trainer's own step: `experiments.train_lib.make_train_step`."""
+  """The trainer's own step: `experiments.train_step.make_train_step`."""
   from experiments import sharding  # pylint: disable=g-import-not-at-top
-  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  from experiments import train_step  # pylint: disable=g-import-not-at-top
   optimizer = _adam(config)
   mesh = sharding.make_mesh(config.mesh_shape)
-  step = train_lib.make_train_step(
+  step = train_step.make_train_step(
       model=model, optimizer=optimizer,
       schedule=lambda step: jnp.asarray(BENCHMARK_LEARNING_RATE),
       loss_config=config.loss.to_dict(),
@@ -58,7 +58,7 @@ def _trainer_step(config, model, batch):
       batch_example=batch,
       eigen_conv=False)  # The options are compared at compile time.
   # `model.init` draws on the host (hpunet_jax/initialisation.py): no jit.
-  state = train_lib.init_train_state(
+  state = train_step.init_train_state(
       jax.random.PRNGKey(config.seed), {k: v[:1] for k, v in batch.items()},
       model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
   return step, state
@@ -99,7 +99,7 @@ def _composed_step(config, model, batch):
 
 
 STEP_SOURCES = {
-    'trainer': ('experiments.train_lib.make_train_step', _trainer_step),
+    'trainer': ('experiments.train_step.make_train_step', _trainer_step),
     'composed': ('benchmarks.train_step._composed_step (augment + '
                  'objective.loss_fn + optax.adam, jit, donated state)',
                  _composed_step),

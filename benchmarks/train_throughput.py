@@ -29,7 +29,7 @@ def _extra_flags(parser):
                       help='timed steps per setup (default 5, quick 2).')
   parser.add_argument('--step_source', default='trainer',
                       choices=list(train_step.STEP_SOURCES),
-                      help="'trainer': experiments.train_lib.make_train_step; "
+                      help="'trainer': experiments.train_step.make_train_step; "
                            "'composed': the same computation built here.")
 
 

@@ -6,11 +6,37 @@ warnings and errors stay.
 import os
 from typing import Any, NamedTuple, Optional
 
+from absl import logging
 import ml_collections
 
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import quiet_logs
 from hpunet_jax import models
+
+
+# sPU-Net fields that configs saved before commit bd3e65b lack, with the values
+# that reproduce the code that wrote them: orthogonal kernels (blocks.conv's)
+# and nearest-neighbour up-sampling (blocks.resize_up).
+SPUNET_FIELDS_BEFORE_BD3E65B = {'weight_init': 'orthogonal',
+                                'up_sampling': 'nearest'}
+
+
+def fill_old_spunet_fields(config: ml_collections.ConfigDict,
+                           source: str) -> None:
+  """Adds `SPUNET_FIELDS_BEFORE_BD3E65B` missing from an sPU-Net `config`
+  (in place), with one log line naming `source` (the checkpoint)."""
+  if config.get('model_type') != 'spunet':
+    return
+  missing = {key: value for key, value in SPUNET_FIELDS_BEFORE_BD3E65B.items()
+             if key not in config.model}
+  if not missing:
+    return
+  logging.warning(
+      '%s: the saved sPU-Net config predates model.%s; using %s, the code '
+      'that wrote it.', source, ' and model.'.join(missing),
+      ', '.join(f'{key}={value!r}' for key, value in missing.items()))
+  with config.unlocked():
+    config.model.update(missing)
 
 
 class Restored(NamedTuple):
@@ -27,7 +53,9 @@ def restore_latest(workdir: str,
 
   Args:
     workdir: the training run's directory (holds `checkpoints/`).
-    config: the run's config; None = the config saved with the checkpoint.
+    config: the run's config; None = the config saved with the checkpoint
+      (an sPU-Net's saved before commit bd3e65b gets the fields it lacks,
+      `fill_old_spunet_fields`).
     step: which checkpoint; None = the newest.
 
   Raises:
@@ -57,6 +85,7 @@ def restore_latest(workdir: str,
       state, saved_config = restore(step)
     if config is None:
       config = ml_collections.ConfigDict(saved_config)
+      fill_old_spunet_fields(config, os.path.join(directory, str(step)))
   finally:
     checkpointer.close()
   trainable = state['trainable'] if isinstance(state, dict) else state[1]

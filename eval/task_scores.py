@@ -14,6 +14,7 @@ import numpy as np
 from datasets import preprocess
 from eval import clustering
 from eval import field_metrics
+from eval import instance_metrics
 from eval import metrics
 
 Scores = Tuple[Dict[str, float], Dict[str, float], Dict[str, np.ndarray]]
@@ -154,9 +155,9 @@ def score_instances(example: dict, sample_labels: np.ndarray,
       few, num_classes=num_instance_ids + 1, alpha=cluster_alpha,
       no_neighbour=cluster_no_neighbour, rng=rng)
   values = {
-      'iou_rec': metrics.multiclass_iou(recon, target,
+      'iou_rec': instance_metrics.multiclass_iou(recon, target,
                                         range(1, num_instance_ids + 1)),
-      'rand_error': metrics.rand_error(clusters, instances),
+      'rand_error': instance_metrics.rand_error(clusters, instances),
   }
   arrays = dict(image=example['image'], target=target, recon=recon,
                 clusters=clusters, samples=few, instances=instances)
@@ -235,14 +236,14 @@ def score_extrapolation(example: dict, sample_labels: np.ndarray,
       few, num_classes=num_instance_ids + 1, alpha=cluster_alpha,
       no_neighbour=cluster_no_neighbour, rng=rng)
   values = {
-      'iou_rec': metrics.multiclass_iou(recon, target, classes, valid),
-      'iou_rec_visible': metrics.multiclass_iou(recon, target, classes,
+      'iou_rec': instance_metrics.multiclass_iou(recon, target, classes, valid),
+      'iou_rec_visible': instance_metrics.multiclass_iou(recon, target, classes,
                                                 visible),
-      'iou_rec_masked': metrics.multiclass_iou(recon, target, classes, hidden),
+      'iou_rec_masked': instance_metrics.multiclass_iou(recon, target, classes, hidden),
       'diversity_visible': _region_mean(disagreement, visible),
       'diversity_masked': _region_mean(disagreement, hidden),
       # Instances outside the visible part are ignored (gt id 0).
-      'rand_error_visible': metrics.rand_error(
+      'rand_error_visible': instance_metrics.rand_error(
           clusters, np.where(visible, instances, 0)),
       'masked_fraction': float(np.count_nonzero(hidden) /
                                max(np.count_nonzero(valid), 1)),
@@ -308,8 +309,8 @@ def score_cityscapes(example: dict, sample_labels: np.ndarray,
                      example['instances'], predictions)
   valid = mask > 0
   values = {
-      'iou_rec': metrics.multiclass_iou(recon, target, cars, mask),
-      'rand_error': metrics.rand_error(np.where(valid, clusters, 0),
+      'iou_rec': instance_metrics.multiclass_iou(recon, target, cars, mask),
+      'rand_error': instance_metrics.rand_error(np.where(valid, clusters, 0),
                                        np.where(valid, example['instances'],
                                                 0)),
   }

@@ -1,9 +1,9 @@
 """The `--out` folder of `experiments.predict`: new, empty, or its own.
 
-An earlier prediction's files (the names `predict.write_outputs` writes) may
-be replaced; anything else in the folder makes predict refuse, so that no
-stale `sample_XX` of another image sits beside the new ones and no file of
-the user's is deleted.
+An earlier prediction's files (the names `prediction_outputs.write_outputs`
+writes) may be replaced; anything else in the folder makes predict refuse, so
+that no stale `sample_XX` of another image sits beside the new ones and no
+file of the user's is deleted.
 """
 import os
 import re

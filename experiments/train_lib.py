@@ -25,6 +25,7 @@ from datasets import pipeline
 from experiments import config_checks
 from experiments import resume
 from experiments import sharding
+from experiments import train_step
 from hpunet_jax import models
 from hpunet_jax import precision
 from hpunet_jax.runtime import checkpointing
@@ -38,10 +39,10 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or the gradients became NaN or infinite."""
 
 
-# The pure step and its parts live in train_step.py; re-exported for callers.
+# Re-exported only for tests/test_sharding.py and tests/test_precision.py;
+# everything else imports them from experiments/train_step.py.
 from experiments.train_step import (  # pylint: disable=unused-import
-    TrainState, init_train_state, make_learning_rate_schedule, make_optimizer,
-    make_train_step)
+    init_train_state, make_optimizer, make_train_step)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -71,7 +72,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _init_state(init_fn: Callable, rng: jax.Array,
-                state_sharding: jax.sharding.Sharding) -> TrainState:
+                state_sharding: jax.sharding.Sharding
+                ) -> train_step.TrainState:
   """A fresh train state on the mesh (logged: initialisation compiles)."""
   with progress.timed('Initialising the model and optimiser (compiling)'):
     return jax.block_until_ready(
@@ -79,7 +81,8 @@ def _init_state(init_fn: Callable, rng: jax.Array,
 
 
 def _abstract_state(init_fn: Callable, rng: jax.Array,
-                    state_sharding: jax.sharding.Sharding) -> TrainState:
+                    state_sharding: jax.sharding.Sharding
+                    ) -> train_step.TrainState:
   """Shapes, dtypes and shardings of the train state, without computing it."""
   shapes = jax.eval_shape(init_fn, rng)
   return jax.tree.map(
@@ -146,7 +149,7 @@ def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+                       workdir: str) -> train_step.TrainState:
   """Trains (resuming from `<workdir>/checkpoints` if any), then evaluates.
 
   Args:
@@ -171,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict,
-                        workdir: str) -> TrainState:
+                        workdir: str) -> train_step.TrainState:
   """`train_and_evaluate` with the workdir locked."""
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -180,7 +183,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   model = precision.mixed_precision_model(
       models.make_model(config.model_type, config.model.to_dict()),
       config.compute_dtype)
-  optimizer, schedule = make_optimizer(config.optimizer.to_dict())
+  optimizer, schedule = train_step.make_optimizer(config.optimizer.to_dict())
   loss_config = config.loss.to_dict()
   augment_config = config.augment.to_dict()
   masking_config = (config.masking.to_dict() if config.get('masking', None)
@@ -195,7 +198,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   batch_example, init_batch = _batch_shapes(config, mesh, first_batch,
                                             augment_config, masking_config)
   state_sharding = sharding.replicated(mesh)
-  init_fn = lambda rng: init_train_state(
+  init_fn = lambda rng: train_step.init_train_state(
       rng, init_batch, model=model, optimizer=optimizer,
       loss_config=loss_config)
   rng = jax.random.PRNGKey(config.seed)
@@ -214,7 +217,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   config_json = config.to_json_best_effort(indent=2)
   resume.record_start(workdir, config, start_step)
 
-  train_step = make_train_step(
+  step_fn = train_step.make_train_step(
       model=model, optimizer=optimizer, schedule=schedule,
       loss_config=loss_config, augment_config=augment_config, mesh=mesh,
       batch_example=batch_example,
@@ -225,7 +228,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       enabled=process_index == 0)
   try:
     state, finished = _train_loop(
-        config, state, start_step, train_step, mesh, train_iter, writer,
+        config, state, start_step, step_fn, mesh, train_iter, writer,
         lambda step, state, loader_state: checkpointer.save(
             step, state, loader_state, config_json))
   finally:
@@ -239,12 +242,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   return state
 
 
-def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
-                start_step: int, train_step: Callable,
-                mesh: jax.sharding.Mesh, train_iter,
+def _train_loop(config: ml_collections.ConfigDict,
+                state: train_step.TrainState, start_step: int,
+                step_fn: Callable, mesh: jax.sharding.Mesh, train_iter,
                 writer: metric_writers.MetricWriter,
-                save: Callable[[int, TrainState, Any], None]
-                ) -> Tuple[TrainState, bool]:
+                save: Callable[[int, train_step.TrainState, Any], None]
+                ) -> Tuple[train_step.TrainState, bool]:
   """Steps from `start_step` to `config.num_train_steps`.
 
   Returns:
@@ -264,8 +267,8 @@ def _train_loop(config: ml_collections.ConfigDict, state: TrainState,
                    start_step + 1)
     for step in range(start_step + 1, total_steps + 1):
       loader_state = train_iter.get_state()  # Position after this batch.
-      state, scalars = train_step(state,
-                                  sharding.global_batch(mesh, local_batch))
+      state, scalars = step_fn(state,
+                               sharding.global_batch(mesh, local_batch))
       if step < total_steps:
         local_batch = next(train_iter)  # Overlaps with the device step.
       scalars = jax.device_get(scalars)

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from hpunet_jax import choices
 from hpunet_jax import losses
 from hpunet_jax import models
 
@@ -36,9 +37,7 @@ GECO_MULTIPLIERS = ('adam', 'multiplicative')
 
 def _multiplier_rule(loss_config: Mapping[str, Any]) -> str:
   rule = loss_config['geco_multiplier']
-  if rule not in GECO_MULTIPLIERS:
-    raise ValueError(f'loss.geco_multiplier must be one of {GECO_MULTIPLIERS}'
-                     f', got {rule!r}.')
+  choices.check_choice('loss.geco_multiplier', rule, GECO_MULTIPLIERS)
   if rule == 'multiplicative' and not loss_config['geco_multiplier_rate'] > 0:
     raise ValueError('loss.geco_multiplier_rate must be > 0 for the '
                      "'multiplicative' rule, got "
@@ -51,9 +50,7 @@ def init_trainable(model: models.Model, rng: jax.Array, image: jax.Array,
   """The trained pytree: `{'model': params}` plus, for GECO,
   `{'geco': {'v': v_0}}` ('adam' rule) or `{'geco': {'log_lambda': 0}}`
   ('multiplicative' rule; lambda starts at 1 either way)."""
-  if loss_config['objective'] not in OBJECTIVES:
-    raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got "
-                     f"{loss_config['objective']!r}.")
+  choices.check_choice('loss.objective', loss_config['objective'], OBJECTIVES)
   trainable = {'model': model.init(rng, image, segmentation)}
   if loss_config['objective'] == 'geco':
     if _multiplier_rule(loss_config) == 'adam':

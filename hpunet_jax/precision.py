@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hpunet_jax import choices
 from hpunet_jax import losses
 from hpunet_jax import models
 
@@ -30,12 +31,9 @@ CONV_PRECISIONS = ('default', 'high', 'highest')
 
 def check(compute_dtype: str, conv_precision: str) -> None:
   """Raises ValueError naming the config field of a bad value."""
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'config.compute_dtype must be one of {COMPUTE_DTYPES}, '
-                     f'got {compute_dtype!r}.')
-  if conv_precision not in CONV_PRECISIONS:
-    raise ValueError(f'config.conv_precision must be one of '
-                     f'{CONV_PRECISIONS}, got {conv_precision!r}.')
+  choices.check_choice('config.compute_dtype', compute_dtype, COMPUTE_DTYPES)
+  choices.check_choice('config.conv_precision', conv_precision,
+                       CONV_PRECISIONS)
 
 
 def conv_precision_context(

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from hpunet_jax import blocks
+from hpunet_jax import choices
 from hpunet_jax import distributions
 from hpunet_jax import hierarchical_core
 from hpunet_jax import hpunet
@@ -97,12 +98,8 @@ class ProbUNet(hk.Module):
     super().__init__(name=name)
     if num_comb_convs < 1:
       raise ValueError(f'num_comb_convs must be >= 1, got {num_comb_convs}.')
-    if weight_init not in WEIGHT_INITS:
-      raise ValueError(f'weight_init must be one of {WEIGHT_INITS}, got '
-                       f'{weight_init!r}.')
-    if up_sampling not in UP_SAMPLINGS:
-      raise ValueError(f'up_sampling must be one of {UP_SAMPLINGS}, got '
-                       f'{up_sampling!r}.')
+    choices.check_choice('weight_init', weight_init, WEIGHT_INITS)
+    choices.check_choice('up_sampling', up_sampling, UP_SAMPLINGS)
     self.weight_init = weight_init
     # Kernels of every conv; None = blocks.conv's orthogonal ones.
     self.w_init = (blocks.he_normal_init() if weight_init == 'he_normal'

@@ -12,7 +12,7 @@ import pytest
 
 from hpunet_jax.runtime import checkpointing
 from experiments import sharding
-from experiments import train_lib
+from experiments import train_step
 
 
 @contextlib.contextmanager
@@ -35,14 +35,14 @@ def warnings_logged():
     logger.removeHandler(handler)
 
 
-def _state(seed: int) -> train_lib.TrainState:
+def _state(seed: int) -> train_step.TrainState:
   rng = np.random.default_rng(seed)
   trainable = {'model': {'conv': {'w': jnp.asarray(rng.normal(size=(3, 3, 2)),
                                                    jnp.float32),
                                   'b': jnp.zeros((2,), jnp.float32)}},
                'geco': {'v': jnp.float32(0.5)}}
   optimizer = optax.adam(1e-3)
-  return train_lib.TrainState(
+  return train_step.TrainState(
       step=jnp.int32(seed), trainable=trainable,
       opt_state=optimizer.init(trainable),
       geco_state={'ma': jnp.float32(seed)},
@@ -69,7 +69,7 @@ def test_save_restore_roundtrip(tmp_path, loader_state):
 
   restored, restored_loader = checkpointer.restore(3, _abstract(state, mesh))
   assert restored_loader == loader_state
-  assert isinstance(restored, train_lib.TrainState)
+  assert isinstance(restored, train_step.TrainState)
   assert jax.tree.structure(restored) == jax.tree.structure(state)
   for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(got, want)

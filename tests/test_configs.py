@@ -10,7 +10,7 @@ import pytest
 
 from datasets import pipeline
 from experiments import config_common
-from experiments import train_lib
+from experiments import train_step
 from hpunet_jax import models
 
 TASKS = ('synthetic_lesions', 'synthetic_cells', 'lidc', 'lidc_v1', 'snemi3d',
@@ -40,7 +40,7 @@ def test_config_is_complete_and_consistent(task, arg):
     assert key in config, f'{task}:{arg} lacks {key}'
   assert len(config.image_size) == 2 and len(config.mesh_shape) == 2
   # The schedule must be usable as written.
-  schedule = train_lib.make_learning_rate_schedule(
+  schedule = train_step.make_learning_rate_schedule(
       config.optimizer.boundaries, config.optimizer.learning_rates)
   assert float(schedule(0)) == pytest.approx(config.optimizer.learning_rates[0])
   # The data set's classes are the model's classes, the crop is the model's
@@ -141,13 +141,13 @@ def test_command_line_overrides():
 
 
 def test_learning_rate_schedule():
-  schedule = train_lib.make_learning_rate_schedule((10, 20), (1.0, 0.5, 0.1))
+  schedule = train_step.make_learning_rate_schedule((10, 20), (1.0, 0.5, 0.1))
   got = [float(schedule(s)) for s in (0, 9, 10, 19, 20, 1000)]
   np.testing.assert_allclose(got, (1.0, 1.0, 0.5, 0.5, 0.1, 0.1))
   with pytest.raises(ValueError, match='len\\(boundaries\\) \\+ 1'):
-    train_lib.make_learning_rate_schedule((10,), (1.0,))
+    train_step.make_learning_rate_schedule((10,), (1.0,))
   with pytest.raises(ValueError, match='must increase'):
-    train_lib.make_learning_rate_schedule((10, 5), (1.0, 0.5, 0.1))
+    train_step.make_learning_rate_schedule((10, 5), (1.0, 0.5, 0.1))
 
 
 def test_lidc_v1_is_the_paper_lidc_setup_at_128_on_the_v1_data():

@@ -8,6 +8,7 @@ from scipy import sparse
 from skimage import metrics as skimage_metrics
 
 from eval import bootstrap
+from eval import instance_metrics
 from eval import metrics
 
 # Masks on a 1 x 4 strip: IoU(A, B) = 1/3, IoU(A, C) = IoU(B, C) = 0.
@@ -168,17 +169,17 @@ def test_multiclass_iou():
   pred = np.array([[1, 1, 2], [0, 0, 2]])
   gt = np.array([[1, 0, 0], [0, 0, 2]])
   # Class 1: 1/2, class 2: 1/2, class 3 absent in both: left out.
-  assert metrics.multiclass_iou(pred, gt, [1, 2, 3]) == pytest.approx(0.5)
+  assert instance_metrics.multiclass_iou(pred, gt, [1, 2, 3]) == pytest.approx(0.5)
   # A wrongly predicted absence counts 0.
   gt_with_3 = gt.copy()
   gt_with_3[1, 0] = 3
-  assert metrics.multiclass_iou(pred, gt_with_3, [1, 2, 3]) == (
+  assert instance_metrics.multiclass_iou(pred, gt_with_3, [1, 2, 3]) == (
       pytest.approx(1 / 3))
   # Masking out pixel (0, 1) makes class 1 perfect.
   mask = np.ones((2, 3), np.float32)
   mask[0, 1] = 0
-  assert metrics.multiclass_iou(pred, gt, [1, 2], mask) == pytest.approx(0.75)
-  assert np.isnan(metrics.multiclass_iou(pred, gt, [7]))
+  assert instance_metrics.multiclass_iou(pred, gt, [1, 2], mask) == pytest.approx(0.75)
+  assert np.isnan(instance_metrics.multiclass_iou(pred, gt, [7]))
 
 
 def brute_force_rand_scores(pred, gt, singletons, self_pairs):
@@ -224,21 +225,21 @@ def test_rand_error_hand_cases():
   gt = np.array([1, 1, 2, 2])
   merged = np.array([1, 1, 1, 1])
   # Self pairs: joint 8, pred 16, gt 8 -> 1 - 16 / 24.
-  assert metrics.rand_error(merged, gt) == pytest.approx(1 / 3)
+  assert instance_metrics.rand_error(merged, gt) == pytest.approx(1 / 3)
   # Without: joint 4, pred 12, gt 4 -> 1 - 8 / 16.
-  assert metrics.rand_error(merged, gt, include_self_pairs=False,
+  assert instance_metrics.rand_error(merged, gt, include_self_pairs=False,
                             pred_zero='singletons') == 0.5
   # Pred label 0 inside gt 1 (c = 2 of n = 4 pixels). SNEMI3D: joint
   # 1 + 2/4, pred 1 + 2/4, gt 4 + 1 -> (7/13, 1, 0.3).
   gt = np.array([1, 1, 0, 2])
   pred = np.array([0, 0, 5, 3])
-  assert metrics.adapted_rand_scores(pred, gt) == pytest.approx(
+  assert instance_metrics.adapted_rand_scores(pred, gt) == pytest.approx(
       (7 / 13, 1.0, 0.3))
   # As two singletons: joint 3, pred 3, gt 5.
-  assert metrics.adapted_rand_scores(pred, gt, pred_zero='singletons') == (
+  assert instance_metrics.adapted_rand_scores(pred, gt, pred_zero='singletons') == (
       pytest.approx((0.25, 1.0, 0.6)))
-  assert metrics.rand_error(pred, gt, pred_zero='segment') == 0.0
-  assert np.isnan(metrics.rand_error(pred, np.zeros(4, int)))
+  assert instance_metrics.rand_error(pred, gt, pred_zero='segment') == 0.0
+  assert np.isnan(instance_metrics.rand_error(pred, np.zeros(4, int)))
 
 
 def test_rand_error_default_is_the_snemi3d_script():
@@ -250,12 +251,12 @@ def test_rand_error_default_is_the_snemi3d_script():
     pred[rng.random((32, 32)) < zero_fraction] = 0
     assert (np.any(pred[gt != 0] == 0)) == (zero_fraction > 0)
     expected = snemi3d_adapted_rand(pred, gt)
-    assert metrics.adapted_rand_scores(pred, gt) == pytest.approx(
+    assert instance_metrics.adapted_rand_scores(pred, gt) == pytest.approx(
         expected, rel=1e-12)
-    assert metrics.rand_error(pred, gt) == pytest.approx(expected[0],
+    assert instance_metrics.rand_error(pred, gt) == pytest.approx(expected[0],
                                                          rel=1e-12)
   with pytest.raises(ValueError, match='include_self_pairs'):
-    metrics.rand_error(pred, gt, include_self_pairs=False)
+    instance_metrics.rand_error(pred, gt, include_self_pairs=False)
 
 
 def test_rand_error_brute_force_all_conventions():
@@ -269,7 +270,7 @@ def test_rand_error_brute_force_all_conventions():
       # only (c / n instead of c), tested against the script above.
       expected = brute_force_rand_scores(pred, gt, pred_zero == 'singletons',
                                          self_pairs)
-      assert metrics.adapted_rand_scores(
+      assert instance_metrics.adapted_rand_scores(
           pred, gt, pred_zero=pred_zero,
           include_self_pairs=self_pairs) == pytest.approx(expected)
 
@@ -279,7 +280,7 @@ def test_rand_error_matches_skimage():
     rng = np.random.default_rng(seed)
     gt = rng.integers(0, 6, size=(32, 32))
     pred = rng.integers(0, 1 + 4 * seed, size=(32, 32))
-    error, precision, recall = metrics.adapted_rand_scores(
+    error, precision, recall = instance_metrics.adapted_rand_scores(
         pred, gt, pred_zero='segment', include_self_pairs=False)
     sk_error, sk_precision, sk_recall = skimage_metrics.adapted_rand_error(
         gt, pred)
@@ -293,18 +294,18 @@ def test_rand_error_perfect_prediction_is_zero():
   rng = np.random.default_rng(5)
   gt = rng.integers(0, 5, size=(16, 16))
   relabelled = np.where(gt == 0, 0, gt + 10)
-  assert metrics.rand_error(relabelled, gt) == 0.0
+  assert instance_metrics.rand_error(relabelled, gt) == 0.0
   for pred_zero in ('singletons', 'segment'):
     for self_pairs in (True, False):
-      assert metrics.rand_error(relabelled, gt, pred_zero=pred_zero,
+      assert instance_metrics.rand_error(relabelled, gt, pred_zero=pred_zero,
                                 include_self_pairs=self_pairs) == 0.0
 
 
 def test_rand_error_rejects_bad_inputs():
   with pytest.raises(ValueError, match='integer'):
-    metrics.rand_error(np.zeros(3), np.zeros(3, int))
+    instance_metrics.rand_error(np.zeros(3), np.zeros(3, int))
   with pytest.raises(ValueError, match='pred_zero'):
-    metrics.rand_error(np.zeros(3, int), np.ones(3, int), pred_zero='x')
+    instance_metrics.rand_error(np.zeros(3, int), np.ones(3, int), pred_zero='x')
 
 
 def test_bootstrap_constant_and_shrinking_std():

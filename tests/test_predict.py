@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 
 from experiments import predict
+from experiments import prediction_outputs
 from experiments import synthetic_lesions
 from experiments import train_lib
 
@@ -151,14 +152,14 @@ def test_write_outputs_with_padding(tmp_path):
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   image, valid = predict.fit_to_size(
       rng.random((6, 8, 1)).astype(np.float32), (8, 8), 'pad')
-  paths = predict.write_outputs(str(tmp_path), image,
+  paths = prediction_outputs.write_outputs(str(tmp_path), image,
                                 predict.sample_statistics(probs), valid)
   names = {os.path.basename(p) for p in paths}
   assert {'sample_00.png', 'sample_02_colour.png', 'mean_std.png', 'std.npy',
           'entropy.png', 'contact_sheet.png'} <= names
   ids = np.asarray(Image.open(tmp_path / 'sample_01.png'))
   assert ids.shape == (8, 8)
-  assert (ids[~valid] == predict.PADDING_LABEL).all()
+  assert (ids[~valid] == prediction_outputs.PADDING_LABEL).all()
   assert set(np.unique(ids[valid])) <= {0, 1}
   std = np.load(tmp_path / 'std.npy')
   assert np.isnan(std[~valid]).all() and np.isfinite(std[valid]).all()
@@ -238,8 +239,9 @@ def test_end_to_end_after_two_training_steps(tmp_path):
   for index in range(3):
     ids = np.asarray(Image.open(out / f'sample_{index:02d}.png'))
     assert ids.shape == (height, width)
-    assert set(np.unique(ids)) <= {0, 1, predict.PADDING_LABEL}
-    assert (ids[:2] == predict.PADDING_LABEL).all()  # Top padding rows.
+    assert set(np.unique(ids)) <= {0, 1, prediction_outputs.PADDING_LABEL}
+    # The top padding rows.
+    assert (ids[:2] == prediction_outputs.PADDING_LABEL).all()
   std = np.load(out / 'std.npy')
   assert std.shape == (height, width)
   assert np.nanmax(std) <= 0.5 and np.nanmin(std) >= 0

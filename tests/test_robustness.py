@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 
-from datasets import pipeline
 from datasets import tfds_utils
 from experiments import config_checks
 from experiments import synthetic_lesions
@@ -23,6 +22,7 @@ from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import metric_writers
 from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import workdir_lock
+from tests import helpers
 from tests import test_checkpoint
 from tests import test_train
 
@@ -297,31 +297,9 @@ def test_unknown_override_key_names_the_nearest_keys(tmp_path):
       'keys: model, model_type.']
 
 
-class _NanAtFirstStep:
-  """A train iterator whose second draw (step 1's batch) holds NaNs."""
-
-  def __init__(self, iterator):
-    self._iterator, self._count = iterator, 0
-
-  def __next__(self):
-    batch = next(self._iterator)
-    self._count += 1
-    if self._count == 2:  # Draw 1 only fixes the shapes.
-      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
-    return batch
-
-  def get_state(self):
-    return self._iterator.get_state()
-
-  def set_state(self, state):
-    self._iterator.set_state(state)
-
-
 def test_nan_before_the_first_checkpoint_promises_none(data_dir, tmp_path,
                                                        monkeypatch):
-  make_iterator = pipeline.make_train_iterator
-  monkeypatch.setattr(pipeline, 'make_train_iterator',
-                      lambda *a, **k: _NanAtFirstStep(make_iterator(*a, **k)))
+  helpers.poison_train_batches(monkeypatch, nan_draw=2)  # Step 1's batch.
   with pytest.raises(train_lib.NonFiniteLossError,
                      match='at step 1 .*No checkpoint was saved before it'):
     train_lib.train_and_evaluate(_lesions_config(data_dir), str(tmp_path))

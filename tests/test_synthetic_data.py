@@ -28,6 +28,26 @@ def _mode_index(modes):
   return {mode.tobytes(): j for j, mode in enumerate(modes.astype(np.int32))}
 
 
+def _chi_square_p_values(samples, modes, probs) -> tuple[float, float]:
+  """Chi-square p-values of draws `samples` [D, H, W] against the modes'
+  distribution (`modes` [M, H, W], `probs` [M] > 0) and against a uniform one
+  over the same bins; the rare modes are pooled into one bin so every bin
+  expects at least 5 draws."""
+  by_mask = _mode_index(modes)
+  counts = np.bincount([by_mask[s.tobytes()] for s in samples],
+                       minlength=len(modes))
+  expected = len(samples) * probs
+  rare = expected < 5
+  observed, expected = counts[~rare], expected[~rare]
+  if rare.any():
+    observed = np.append(observed, counts[rare].sum())
+    expected = np.append(expected, len(samples) * probs[rare].sum())
+  _, p_value = stats.chisquare(observed, expected)
+  uniform = np.full(len(observed), len(samples) / len(observed))
+  _, p_wrong = stats.chisquare(observed, uniform)
+  return p_value, p_wrong
+
+
 @pytest.mark.parametrize('spec', [
     lesions_generator.LesionsSpec(),
     lesions_generator.LesionsSpec(min_lesions=4, max_lesions=6),
@@ -67,25 +87,11 @@ def test_mode_probabilities_match_closed_form():
 def test_oracle_sample_follows_enumerated_distribution():
   _, params = _params(lesions_generator.LesionsSpec(), index=3)
   modes, probs = lesions_generator.enumerate_modes(params)
-  num_draws = 4_000
   samples = lesions_generator.oracle_sample(params, np.random.default_rng(0),
-                                            num_draws)
-  by_mask = _mode_index(modes)
-  counts = np.bincount([by_mask[s.tobytes()] for s in samples],
-                       minlength=len(modes))
-  expected = num_draws * probs
-  # Pool the rare modes so every bin expects at least 5 draws.
-  rare = expected < 5
-  observed, expected = counts[~rare], expected[~rare]
-  if rare.any():
-    observed = np.append(observed, counts[rare].sum())
-    expected = np.append(expected, num_draws * probs[rare].sum())
-  _, p_value = stats.chisquare(observed, expected)
+                                            4_000)
+  p_value, p_wrong = _chi_square_p_values(samples, modes, probs)
   assert p_value > 1e-3
-  # A wrong distribution (uniform over modes) is rejected.
-  uniform = np.full(len(observed), num_draws / len(observed))
-  _, p_wrong = stats.chisquare(observed, uniform)
-  assert p_wrong < 1e-6
+  assert p_wrong < 1e-6  # A wrong (uniform) distribution is rejected.
 
 
 def test_generated_graders_follow_stated_distribution():
@@ -215,21 +221,10 @@ def test_v2_modes_sum_to_one_and_match_the_graders(name):
   modes, probs = lesions_generator.enumerate_modes(params)
   assert abs(probs.sum() - 1) < 1e-12 and probs.min() > 0
   assert len(_mode_index(modes)) == len(modes)
-  num_draws = 4_000
   samples = lesions_generator.oracle_sample(params, np.random.default_rng(3),
-                                            num_draws)
-  by_mask = _mode_index(modes)
-  counts = np.bincount([by_mask[s.tobytes()] for s in samples],
-                       minlength=len(modes))
-  expected = num_draws * probs
-  rare = expected < 5
-  observed = np.append(counts[~rare], counts[rare].sum())
-  expected = np.append(expected[~rare], expected[rare].sum())
-  keep = expected > 0
-  _, p_value = stats.chisquare(observed[keep], expected[keep])
+                                            4_000)
+  p_value, p_wrong = _chi_square_p_values(samples, modes, probs)
   assert p_value > 1e-3
-  _, p_wrong = stats.chisquare(observed[keep],
-                               np.full(keep.sum(), num_draws / keep.sum()))
   assert p_wrong < 1e-6
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from datasets import pipeline
 from datasets import tfds_utils
 from hpunet_jax.runtime import checkpointing
 from experiments import cityscapes
@@ -27,6 +26,7 @@ from experiments import synthetic_cells
 from experiments import synthetic_lesions
 from experiments import train_lib
 from tests import fixtures
+from tests import helpers
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _STEPS = 4
@@ -149,33 +149,10 @@ def test_restart_drops_records_after_the_last_checkpoint(tmp_path):
       1, 2]
 
 
-class _PoisonedIterator:
-  """Wraps a train iterator; the batch of step `nan_step` has a NaN image."""
-
-  def __init__(self, iterator, nan_step):
-    self._iterator, self._nan_step, self._count = iterator, nan_step, 0
-
-  def __next__(self):
-    batch = next(self._iterator)
-    self._count += 1
-    if self._count == self._nan_step:
-      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
-    return batch
-
-  def get_state(self):
-    return self._iterator.get_state()
-
-  def set_state(self, state):
-    self._iterator.set_state(state)
-
-
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     lesions_data_dir, tmp_path, monkeypatch):
-  make_iterator = pipeline.make_train_iterator
   # Batch 1 is drawn once to read the shapes, so draw 4 is step 3's.
-  monkeypatch.setattr(
-      pipeline, 'make_train_iterator',
-      lambda *a, **k: _PoisonedIterator(make_iterator(*a, **k), nan_step=4))
+  helpers.poison_train_batches(monkeypatch, nan_draw=4)
   config = _lesions_config(lesions_data_dir, checkpoint_every_steps=1)
   with pytest.raises(train_lib.NonFiniteLossError, match='at step 3'):
     train_lib.train_and_evaluate(config, str(tmp_path))

@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
+from datasets import generator_checks
+
 
 @dataclasses.dataclass(frozen=True)
 class CellsSpec:
@@ -46,12 +48,9 @@ class CellsSpec:
   noise_std: float = 0.04
 
   def __post_init__(self):
-    if not 16 <= self.image_size <= 1024:
-      raise ValueError(f'image_size must be in [16, 1024], got '
-                       f'{self.image_size}')
-    if not 1 <= self.min_cells <= self.max_cells:
-      raise ValueError('need 1 <= min_cells <= max_cells, got '
-                       f'{self.min_cells}, {self.max_cells}')
+    generator_checks.check_image_size(self.image_size, 1024)
+    generator_checks.check_count_range('cells', self.min_cells, self.max_cells,
+                                       1)
     if self.membrane_width <= 0 or self.lloyd_steps < 0:
       raise ValueError('membrane_width must be > 0 and lloyd_steps >= 0, got '
                        f'{self.membrane_width}, {self.lloyd_steps}')

@@ -39,6 +39,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from datasets import generator_checks
+
 # Largest number of (style, subset) modes `enumerate_modes` will build; beyond
 # this the [M, H, W] array stops being a sensible thing to hold in memory.
 MAX_ENUMERATED_MODES = 1 << 14
@@ -86,19 +88,10 @@ class LesionsSpec:
   num_graders: int = 4
 
   def __post_init__(self):
-    if not 16 <= self.image_size <= 512:
-      raise ValueError(
-          f'image_size must be in [16, 512], got {self.image_size}')
-    if not 0 <= self.min_lesions <= self.max_lesions:
-      raise ValueError('need 0 <= min_lesions <= max_lesions, got '
-                       f'{self.min_lesions}, {self.max_lesions}')
-    low, high = self.radius_range
-    if not 0 < low <= high < 0.5:
-      raise ValueError(f'radius_range must satisfy 0 < low <= high < 0.5, got '
-                       f'{self.radius_range}')
-    if not 0 <= self.irregularity < 1:
-      raise ValueError(
-          f'irregularity must be in [0, 1), got {self.irregularity}')
+    generator_checks.check_image_size(self.image_size, 512)
+    generator_checks.check_count_range('lesions', self.min_lesions,
+                                       self.max_lesions, 0)
+    generator_checks.check_lesion_outline(self.radius_range, self.irregularity)
     if not self.abnormal_probs or not all(
         0 <= p <= 1 for p in self.abnormal_probs):
       raise ValueError(f'abnormal_probs must be non-empty probabilities, got '
@@ -107,11 +100,8 @@ class LesionsSpec:
         not self.style_scales or min(self.style_scales) <= 0):
       raise ValueError('style_scales must be positive and match style_probs, '
                        f'got {self.style_scales}, {self.style_probs}')
-    if min(self.style_probs) < 0 or abs(sum(self.style_probs) - 1) > 1e-6:
-      raise ValueError(f'style_probs must be >= 0 and sum to 1, got '
-                       f'{self.style_probs}')
-    if self.num_graders < 1:
-      raise ValueError(f'num_graders must be >= 1, got {self.num_graders}')
+    generator_checks.check_style_probs(self.style_probs)
+    generator_checks.check_num_graders(self.num_graders)
 
 
 class LesionParams(NamedTuple):

@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from datasets import generator_checks
 from datasets.synthetic_lesions import generator
 
 # The largest deviation of the white noise from its mean, in noise stds:
@@ -96,19 +97,10 @@ class LesionsSpecV2:
   num_graders: int = 4
 
   def __post_init__(self):
-    if not 16 <= self.image_size <= 512:
-      raise ValueError(
-          f'image_size must be in [16, 512], got {self.image_size}')
-    if not 1 <= self.min_lesions <= self.max_lesions <= 255:
-      raise ValueError('need 1 <= min_lesions <= max_lesions <= 255, got '
-                       f'{self.min_lesions}, {self.max_lesions}')
-    low, high = self.radius_range
-    if not 0 < low <= high < 0.5:
-      raise ValueError(f'radius_range must satisfy 0 < low <= high < 0.5, got '
-                       f'{self.radius_range}')
-    if not 0 <= self.irregularity < 1:
-      raise ValueError(
-          f'irregularity must be in [0, 1), got {self.irregularity}')
+    generator_checks.check_image_size(self.image_size, 512)
+    generator_checks.check_count_range('lesions', self.min_lesions,
+                                       self.max_lesions, 1, 255)
+    generator_checks.check_lesion_outline(self.radius_range, self.irregularity)
     probs = self.abnormal_probs
     if (not probs or not all(0 < p < 1 for p in probs) or
         len(set(probs)) != len(probs)):
@@ -117,8 +109,7 @@ class LesionsSpecV2:
     self._check_cue_levels()
     self._check_styles()
     self._check_fit()
-    if self.num_graders < 1:
-      raise ValueError(f'num_graders must be >= 1, got {self.num_graders}')
+    generator_checks.check_num_graders(self.num_graders)
 
   @property
   def max_deviation(self) -> float:
@@ -162,9 +153,7 @@ class LesionsSpecV2:
             f'style_offsets entry {offset} is a distance between pixel '
             'centres (its square is an integer): pixels would lie exactly on '
             'the style boundary; use e.g. 2.5 instead of 2')
-    if min(self.style_probs) < 0 or abs(sum(self.style_probs) - 1) > 1e-6:
-      raise ValueError(f'style_probs must be >= 0 and sum to 1, got '
-                       f'{self.style_probs}')
+    generator_checks.check_style_probs(self.style_probs)
     smallest_inner = (self.radius_range[0] * self.image_size *
                       (1 - self.irregularity))
     if smallest_inner <= -min(offsets) + 1:

@@ -58,6 +58,14 @@ def generate_example(spec, seed: int, split_id: int, index: int) -> dict:
   return generator.generate_example(spec, seed, split_id, index)
 
 
+def _generalisation_config(name: str, description: str, spec,
+                           seed: int) -> LesionsConfig:
+  """A config that tests generalisation: fewer examples per split."""
+  return LesionsConfig(name=name, description=description, spec=spec,
+                       num_train=2_000, num_validation=500, num_test=1_000,
+                       seed=seed)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Synthetic lesions with multi-scale, exactly enumerable ambiguity."""
 
@@ -75,17 +83,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                        'readable from the image.'),
           spec=generator_v2.LesionsSpecV2(min_lesions=2, max_lesions=4),
           seed=10),
-      LesionsConfig(
-          name='few_lesions',
-          description='v2, 64x64, 1 lesion per image (generalisation).',
-          spec=generator_v2.LesionsSpecV2(min_lesions=1, max_lesions=1),
-          num_train=2_000, num_validation=500, num_test=1_000, seed=11),
-      LesionsConfig(
-          name='many_lesions',
-          description=('v2, 64x64, 5-6 lesions per image, lesions as in '
-                       '`default` (generalisation).'),
-          spec=generator_v2.LesionsSpecV2(min_lesions=5, max_lesions=6),
-          num_train=2_000, num_validation=500, num_test=1_000, seed=12),
+      _generalisation_config(
+          'few_lesions', 'v2, 64x64, 1 lesion per image (generalisation).',
+          generator_v2.LesionsSpecV2(min_lesions=1, max_lesions=1), seed=11),
+      _generalisation_config(
+          'many_lesions', ('v2, 64x64, 5-6 lesions per image, lesions as in '
+                           '`default` (generalisation).'),
+          generator_v2.LesionsSpecV2(min_lesions=5, max_lesions=6), seed=12),
       LesionsConfig(
           name='tiny',
           description='v2, 32x32, 1-2 lesions, a handful of examples (tests).',
@@ -97,12 +101,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           name='v1',
           description='v1 (the issue-6 study), 64x64, 1-3 lesions.',
           spec=generator.LesionsSpec()),
-      LesionsConfig(
-          name='v1_many_lesions',
-          description=('v1, 64x64, 4-6 lesions per image, lesions as in '
-                       '`v1`: tests generalisation to more lesions.'),
-          spec=generator.LesionsSpec(min_lesions=4, max_lesions=6),
-          num_train=2_000, num_validation=500, num_test=1_000, seed=1),
+      _generalisation_config(
+          'v1_many_lesions', ('v1, 64x64, 4-6 lesions per image, lesions as '
+                              'in `v1`: tests generalisation to more '
+                              'lesions.'),
+          generator.LesionsSpec(min_lesions=4, max_lesions=6), seed=1),
       LesionsConfig(
           name='v1_tiny',
           description='v1, 32x32, 1-2 lesions, a handful of examples (tests).',
