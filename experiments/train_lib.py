@@ -39,12 +39,6 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or the gradients became NaN or infinite."""
 
 
-# Re-exported only for tests/test_sharding.py and tests/test_precision.py;
-# everything else imports them from experiments/train_step.py.
-from experiments.train_step import (  # pylint: disable=unused-import
-    init_train_state, make_optimizer, make_train_step)
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for settings the loop cannot run with."""
   precision.check(config.compute_dtype, config.conv_precision)

@@ -8,7 +8,7 @@ import pytest
 from benchmarks import common
 from experiments import lidc
 from experiments import sharding
-from experiments import train_lib
+from experiments import train_step
 from hpunet_jax import models
 from hpunet_jax import precision
 
@@ -31,13 +31,13 @@ def _step_and_state(config, compute_dtype, conv_precision='default'):
       compute_dtype)
   optimizer = optax.adam(1e-3)
   batch = {k: jnp.asarray(v) for k, v in common.synthetic_batch(config).items()}
-  step = train_lib.make_train_step(
+  step = train_step.make_train_step(
       model=model, optimizer=optimizer, schedule=lambda step: 1e-3,
       loss_config=config.loss.to_dict(),
       augment_config=config.augment.to_dict(),
       mesh=sharding.make_mesh(config.mesh_shape), batch_example=batch,
       eigen_conv=False, conv_precision=conv_precision)
-  state = train_lib.init_train_state(
+  state = train_step.init_train_state(
       jax.random.PRNGKey(0), {k: v[:1] for k, v in batch.items()},
       model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
   return step, state, batch
@@ -62,7 +62,7 @@ def test_float32_step_is_bitwise_the_unwrapped_step():
   model = models.make_model(config.model_type, config.model.to_dict())
   batch = {k: jnp.asarray(v) for k, v in common.synthetic_batch(config).items()}
   optimizer = optax.adam(1e-3)
-  state = train_lib.init_train_state(
+  state = train_step.init_train_state(
       jax.random.PRNGKey(0), {k: v[:1] for k, v in batch.items()},
       model=model, optimizer=optimizer, loss_config=config.loss.to_dict())
   kwargs = dict(optimizer=optimizer, schedule=lambda step: 1e-3,
@@ -70,8 +70,8 @@ def test_float32_step_is_bitwise_the_unwrapped_step():
                 augment_config=config.augment.to_dict(),
                 mesh=sharding.make_mesh(config.mesh_shape),
                 batch_example=batch, eigen_conv=False)
-  plain = train_lib.make_train_step(model=model, **kwargs)
-  wrapped = train_lib.make_train_step(
+  plain = train_step.make_train_step(model=model, **kwargs)
+  wrapped = train_step.make_train_step(
       model=precision.mixed_precision_model(model, 'float32'),
       conv_precision='default', **kwargs)
   copy = lambda: jax.tree.map(jnp.copy, state)

@@ -149,14 +149,14 @@ def _mesh_equivalence_main():
   one step is `(1 - b1) * gradient` on every mesh alike.
   """
   # pylint: disable=g-import-not-at-top
-  from experiments import train_lib
+  from experiments import train_step
   from hpunet_jax import models
   # pylint: enable=g-import-not-at-top
   results = {}
   for name, config in _geometries().items():
     height, width = config.image_size
     model = models.make_model(config.model_type, config.model.to_dict())
-    optimizer, schedule = train_lib.make_optimizer(config.optimizer.to_dict())
+    optimizer, schedule = train_step.make_optimizer(config.optimizer.to_dict())
     rng = np.random.default_rng(0)
     batch = {
         'image': rng.normal(size=(_BATCH, height, width, 1)).astype(
@@ -168,7 +168,7 @@ def _mesh_equivalence_main():
     # One initialisation, kept on the host and copied onto each mesh (the
     # step donates its input state).
     initial_state = jax.device_get(jax.jit(
-        lambda r: train_lib.init_train_state(  # pylint: disable=cell-var-from-loop
+        lambda r: train_step.init_train_state(  # pylint: disable=cell-var-from-loop
             r, init_batch, model=model, optimizer=optimizer,
             loss_config=config.loss.to_dict()))(jax.random.PRNGKey(0)))
     runs = {}
@@ -176,7 +176,7 @@ def _mesh_equivalence_main():
       mesh = sharding.make_mesh(shape)
       state = jax.device_put(initial_state, sharding.replicated(mesh))
       global_batch = sharding.global_batch(mesh, batch)
-      step = train_lib.make_train_step(
+      step = train_step.make_train_step(
           model=model, optimizer=optimizer, schedule=schedule,
           loss_config=config.loss.to_dict(),
           augment_config=config.augment.to_dict(), mesh=mesh,
