@@ -106,7 +106,8 @@ def test_make_config_scales_the_learning_rate_drop_and_validates():
   options = study_runs.StudyOptions(workdir='w', steps=5000).resolved()
   config = study_runs.make_config(study_runs.LESIONS, 'no_topk', 2, options)
   assert config.num_train_steps == 5000 and config.seed == 2
-  assert tuple(config.optimizer.boundaries) == (3500,)
+  # The config's drop at the same fraction of the run (1200 of 1500 steps).
+  assert tuple(config.optimizer.boundaries) == (4000,)
   assert config.loss.top_k_fraction == 0.0
   with pytest.raises(ValueError, match='Unknown lesion_variants'):
     study_runs.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
