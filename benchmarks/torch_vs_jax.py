@@ -234,6 +234,9 @@ def main():
   common.write_results(NAME, {
       'image_size': list(config.image_size), 'model': config.model.to_dict(),
       'threads': args.threads, 'reps': args.reps, 'cold_cache': args.cold,
+      # The JAX workers' XLA cache: rerun with HPUNET_JAX_CACHE set to it for
+      # the warm time to the first call.
+      'compilation_cache_dir': env.get('HPUNET_JAX_CACHE'),
       'compiler_options': {k: common.COMPILER_OPTIONS[k]
                            for k in args.compiler_options},
       'torch_version': _torch_version(), 'tasks': results}, machine, args.out)
