@@ -81,9 +81,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # (README "GECO multiplier"). log lambda moves by rate x (constraint per
     # pixel, moving average): 0.02 gives about +0.006 per step at the start
     # (0.3 nats per pixel above kappa) and -0.003 per step at 0.15 below it.
-    # Measured (README "Synthetic lesions v2"): lambda rises to ~24 by step
-    # 700, where the constraint is met, then falls to ~2 by step 1500 while
-    # the KL shrinks from ~70 to ~20 nats. 0.1 overshot to lambda ~1e4.
+    # Measured (README "Synthetic lesions v2"): lambda rises to 23.7 by step
+    # 700, where the constraint is met, then falls to 1.5 by step 1500 while
+    # the KL shrinks from 67 to 17-24 nats. 0.1 overshot to lambda 1.4e4.
     config.loss = config_common.geco_loss(
         kappa=3 * kappa if variant == 'global_latents' else kappa,
         top_k_fraction=0.0 if variant == 'no_topk' else 0.02,
