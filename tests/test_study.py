@@ -255,6 +255,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len(sigmas) == num_levels
     assert all(posterior[variant][k] > 0 for k in sigmas)
   assert posterior['hpunet']['num_seeds'] == 1
+  # The same images as the evaluation: its posterior-mean IoU is iou_rec.
+  assert posterior['hpunet']['iou_rec_posterior_mean'] == pytest.approx(
+      lesions['hpunet']['iou_rec'], abs=1e-6)
   # Diagnostics: the training end state, GECO's rule and (for the `adam`
   # rule only) lambda at full rate, and the answer entropy (lesions only).
   end = lesions['hpunet']['training_end']
