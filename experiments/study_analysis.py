@@ -5,7 +5,7 @@
   std from ... random inits and 1000 bootstraps").
 * Per-level analysis (issue 6 (a)): a lesion sample is decoded into the grader
   style and the presence of each lesion, using the image's generating
-  `LesionParams`; sampling only one latent level at a time (the others at the
+  parameters (v1 `LesionParams` or v2 `LesionParamsV2`); sampling only one latent level at a time (the others at the
   prior mean) then shows which factor each level carries.
 
 Shape glossary: `S` samples, `N` lesions, `H, W` image size, `B` images.
@@ -23,20 +23,30 @@ from eval import bootstrap
 
 
 def decode_lesion_samples(
-    samples: np.ndarray, params: generator.LesionParams,
+    samples: np.ndarray, params,
     presence_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
   """Reads (grader style, lesion presence) off binary lesion samples.
 
-  Lesion `i` is present when the sample covers at least `presence_threshold`
-  of its smallest-style disk `{rho_i <= min(style_scales)}`, which every
-  style's outline contains. The style is the one whose grading of the present
-  lesions (`union_i {rho_i <= scale_s}`) has the highest IoU with the sample;
-  styles whose gradings coincide resolve to the first (narrowest).
+  Both data versions share one answer model: style `s` marks lesion `i` as
+  `{field_i <= style_scales[s]}` with `field = params.style_field()`, v1's
+  normalised radius (styles scale a disk-like outline) or v2's signed
+  distance to the lesion's mask in px (styles erode / keep / dilate it by
+  `style_scales[s]`, the v2 spec's `style_offsets`). Lesion `i` is present
+  when the sample covers at least `presence_threshold` of its narrowest
+  style's mask `{field_i <= min(style_scales)}`, which every style's mask
+  contains. The style is the one whose grading of the present lesions
+  (`union_i {field_i <= style_scales[s]}`) has the highest IoU with the
+  sample; styles whose gradings coincide (v1's tiny lesions; never on v2,
+  whose offsets move every outline by at least a pixel) resolve to the
+  first (narrowest). A true grading therefore decodes to its own style and
+  subset exactly (tested on every enumerated mode of v2 images).
 
   Args:
     samples: bool `[S, H, W]` foreground masks.
-    params: the image's generating parameters.
-    presence_threshold: covered fraction of the core disk, in (0, 1].
+    params: the image's generating parameters (`generator.LesionParams` or
+      `generator_v2.LesionParamsV2`).
+    presence_threshold: covered fraction of the narrowest-style mask, in
+      (0, 1].
 
   Returns:
     `styles` int `[S]` (index into `params.style_scales`; -1 where no lesion
@@ -46,18 +56,18 @@ def decode_lesion_samples(
     raise ValueError(f'presence_threshold must be in (0, 1], got '
                      f'{presence_threshold}.')
   samples = np.asarray(samples, bool)
-  rho = generator.normalised_radius(params)  # [N, H, W]
-  if samples.shape[1:] != rho.shape[1:]:
+  field = params.style_field()  # [N, H, W]
+  if samples.shape[1:] != field.shape[1:]:
     raise ValueError(f'samples of shape {samples.shape} do not match the '
-                     f'{rho.shape[1:]} image of the lesion parameters.')
+                     f'{field.shape[1:]} image of the lesion parameters.')
   scales = np.asarray(params.style_scales, np.float64)
-  core = (rho <= scales.min()).reshape(len(rho), -1)  # [N, H*W]
+  core = (field <= scales.min()).reshape(len(field), -1)  # [N, H*W]
   flat = samples.reshape(len(samples), -1).astype(np.float32)
   covered = flat @ core.T.astype(np.float32)  # [S, N]
   present = covered >= presence_threshold * np.maximum(core.sum(1), 1)
   ious = []
   for scale in scales:
-    inside = (rho <= scale).reshape(len(rho), -1).astype(np.float32)
+    inside = (field <= scale).reshape(len(field), -1).astype(np.float32)
     grading = (present.astype(np.float32) @ inside) > 0  # [S, H*W]
     union = np.sum(grading | (flat > 0), axis=1)
     intersection = np.sum(grading & (flat > 0), axis=1)
@@ -97,15 +107,23 @@ def presence_disagreement(present: np.ndarray) -> float:
   return float(np.mean(2 * k * (n - k) / (n * (n - 1))))
 
 
-def true_disagreement(params: generator.LesionParams) -> Dict[str, float]:
-  """The two disagreement probabilities of the true distribution (all levels
-  sampled, perfect decoding): `1 - sum_s p_s^2` and mean `2 p_i (1 - p_i)`."""
+def true_disagreement(params) -> Dict[str, float]:
+  """The per-level scores of the true distribution (all levels sampled,
+  perfect decoding), for v1 and v2 alike.
+
+  Style and presence are independent, so P(two gradings' styles differ)
+  given that both have a style (a present lesion) is `1 - sum_s p_s^2`;
+  a lesion's presence differs with `2 p_i (1 - p_i)` (averaged over the
+  lesions); the style is undefined (nothing segmented) with
+  `prod_i (1 - p_i)`.
+  """
   style_probs = np.asarray(params.style_probs, np.float64)
   style_probs = style_probs / style_probs.sum()
   lesion_probs = np.asarray(params.probs, np.float64)
   return {'p_style_differs': float(1 - np.sum(style_probs**2)),
           'p_presence_differs': float(np.mean(2 * lesion_probs *
-                                              (1 - lesion_probs)))}
+                                              (1 - lesion_probs))),
+          'frac_style_undefined': float(np.prod(1 - lesion_probs))}
 
 
 def level_settings(num_latent_levels: int) -> Dict[str, Tuple[bool, ...]]:

@@ -12,7 +12,10 @@
   is trained by the same Adam as the weights, whose step is about the
   learning rate whatever the size of the constraint: `v` rises by at most
   about `sum_t lr_t` (exactly that for a gradient of constant size; a little
-  more when the gradient grows, as `d lambda / d v` does with `v`).
+  more when the gradient grows, as `d lambda / d v` does with `v`). This
+  holds for the authors' `loss.geco_multiplier='adam'` rule only; the
+  `multiplicative` rule of the v2 lesion configs is not bound by the
+  learning rate, so the study reports the bound for `adam` variants only.
 """
 import json
 import math

@@ -1,46 +1,53 @@
-r"""The synthetic study of issue 6: the paper's claims on known-answer data.
+r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
 
   python -m experiments.study_synthetic --workdir=/tmp/study \
-      [--seeds=3] [--steps=N] [--variants=hpunet,spunet,...] [--tiny]
+      [--seeds=3] [--ablation_seeds=2] [--steps=N] [--variants=...] [--tiny]
 
 1. Trains and evaluates every variant of `experiments/synthetic_lesions.py`
-   (`hpunet`, `spunet`, `global_latents`, `local_latents`, `no_topk`) for
-   seeds 0..S-1 (`config.seed`) in `<workdir>/lesions/<variant>/seed<k>`,
+   (`hpunet`, `spunet`, `global_latents`, `local_latents`, `no_topk`; data
+   v2, builder config `default`) in `<workdir>/lesions/<variant>/seed<k>`,
    then `experiments/synthetic_cells.py` (`hpunet`, `spunet`) in
-   `<workdir>/cells/...`, each with `train_lib.train_and_evaluate`. A run
-   whose final evaluation (metrics.json and per_image.npz in
-   `eval.outputs.final_results_dir`) exists is finished and skipped; an
-   interrupted one resumes from its checkpoint, so rerunning the
-   same command continues the study.
-2. Pools the seeds' per-image values with `eval.bootstrap.pooled_bootstrap`
-   and writes `<results_dir>/synthetic_lesions.json` and
-   `synthetic_cells.json`: one object per variant with the `metrics.json` keys
-   (mean and `_std`), `oracle`, `num_seeds`, `num_train_steps`, `wall_time_s`;
-   plus the command line and the machine. Prints Table 1/2-style tables.
-3. `per_level` (lesions, HPU-Net): samples with one latent level sampled and
-   the others at the prior mean, decodes each sample into grader style and
-   per-lesion presence (`study_analysis.decode_lesion_samples`) and reports
-   P(style differs) and P(a lesion's presence differs) between two samples.
-4. `generalisation` (lesions, HPU-Net and sPU-Net): the trained parameters
-   evaluated on `--generalisation_config` (`many_lesions`: 4-6 lesions; the
-   training set `default` has 1-3).
-5. Figures of seed 0 of every variant (and the per-level chart) in
-   `<results_dir>/figures/`.
-6. `diagnostics` (`study_diagnostics`): per variant lambda, rec per pixel and
-   KL per level at the end of training, the largest lambda GECO can reach in
-   the run, and (lesions) the entropy of the exact answer distributions.
+   `<workdir>/cells/...`, each with `train_lib.train_and_evaluate`: seeds
+   `0..seeds-1` of hpunet, spunet and the cells, `0..ablation_seeds-1` of
+   each ablation (`study_runs.seeds_of`). A finished, evaluated run is
+   loaded (its config must match: `StudySettingsError` otherwise), an
+   interrupted one resumes from its checkpoint: rerun the same command to
+   continue.
+2. Pools each variant's seeds (`eval.bootstrap.pooled_bootstrap`) into
+   `<results_dir>/synthetic_lesions.json` and `synthetic_cells.json`: per
+   variant the `metrics.json` keys (mean and `_std`), `seed_means`,
+   `seed_std`, `num_seeds`, `training_end`, `wall_time_s`; `oracle`,
+   `seeds` (per variant), `diagnostics`, `figures`, `command`, `machine`.
+3. `per_level` (lesions HPU-Net): one latent level sampled, the others at
+   the prior mean; each sample decoded into grader style and per-lesion
+   presence (`study_analysis.decode_lesion_samples`, v1 and v2); P(style
+   differs), P(a lesion's presence differs) against `oracle` and `truth`.
+4. `posterior` (`study_posterior`, every lesion variant): IoU_rec from the
+   posterior mean and from posterior samples, and the mean sigma per level.
+5. `generalisation` (lesions HPU-Net, sPU-Net): evaluated on
+   `--generalisation_config` (v2 `many_lesions`: 5-6 lesions; trained on
+   2-4), which must be of the training data's version.
+6. Figures in `<results_dir>/figures/`: seed 0's of every variant, the
+   per-level chart, and every run's training curves (GECO's phases).
+7. `diagnostics` (`study_diagnostics`): GECO's multiplier rule per variant,
+   the lambda the authors' `adam` rule can reach, the answer entropy.
 
 `--tiny` runs the whole pipeline on the `tiny` configs in seconds (the test).
 
-Run on this project's 2-core CPU (results, figures and discussion in the
-README, section "Synthetic study", and in `results/`):
+The v2 study of issue 12 (3 seeds of hpunet and spunet, 2 of each
+ablation, cells included):
 
-  python -m experiments.study_synthetic --workdir=/tmp/study --seeds=2 \
-      --results_dir=results
+  python -m experiments.study_synthetic --workdir=/tmp/study_v2 \
+      --seeds=3 --ablation_seeds=2 --results_dir=results
 
-took 1 h 37 min (5-8 min per 1000-step run with its evaluation; test runs
-shared the cores for about 20 min of it). A rerun of the same command only
-re-pools the finished runs.
+Its length is an estimate, not a measurement: 12 lesion runs (1500 steps)
+x the main job's 17 min 15 s (15 min 15 s training + 2 min evaluation,
+measured on the shared 2-core AMD EPYC, README "Synthetic lesions v2")
+= 3 h 27 min, plus 6 cell runs (1000 steps: about 2/3 of that training,
+plus evaluation) about 1 h 15 min, plus the generalisation evaluations (6)
+and the per-level and posterior analyses about 20 min: about 5 h on that
+shared CPU, more than issue 12's 2.5 h. The issue-6 study (v1, 1000
+steps) and its results: `results/v1/`.
 """
 import json
 import os
@@ -62,6 +69,7 @@ from eval import outputs
 from eval import restore
 from experiments import study_analysis
 from experiments import study_diagnostics
+from experiments import study_posterior
 from experiments import study_runs
 from experiments.study_runs import CELLS, LESIONS, StudyOptions
 
@@ -69,6 +77,8 @@ from experiments.study_runs import CELLS, LESIONS, StudyOptions
 LESION_COLUMNS = ('iou_rec', 'ged_16', 'ged_100', 'hm_iou', 'exact_ged',
                   'exact_hm_iou')
 CELL_COLUMNS = ('iou_rec', 'rand_error')
+# The evaluator's training-curves figure (GECO's lambda, constraint, KL).
+CURVES_FIGURE = 'training_curves.png'
 
 
 def per_level(options: StudyOptions) -> Dict[str, Any]:
@@ -79,7 +89,8 @@ def per_level(options: StudyOptions) -> Dict[str, Any]:
   cache_name = (f'per_level_{options.per_level_images}x'
                 f'{options.per_level_samples}_t{options.presence_threshold}'
                 '.npz')
-  for seed in range(options.seeds):
+  num_seeds = study_runs.seeds_of(options, LESIONS, 'hpunet')
+  for seed in range(num_seeds):
     config = study_runs.make_config(LESIONS, 'hpunet', seed, options)
     run_dir = study_runs.run_dir_of(options, LESIONS, 'hpunet', seed)
     cache = os.path.join(run_dir, cache_name)
@@ -107,7 +118,7 @@ def per_level(options: StudyOptions) -> Dict[str, Any]:
           'num_images': options.per_level_images,
           'num_samples': options.per_level_samples,
           'presence_threshold': options.presence_threshold,
-          'num_seeds': options.seeds,
+          'num_seeds': num_seeds,
           'levels': 'level_0 is the coarsest (most global) latent level; '
                     'level_<l> samples only that level, the others at the '
                     'prior mean; oracle = true-distribution samples through '
@@ -119,7 +130,8 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
   builder_config = options.generalisation_config
   if not builder_config:
     return {'skipped': 'disabled by --generalisation_config=""'}
-  out = {'builder_config': builder_config}
+  out = {'builder_config': builder_config,
+         'data_version': study_runs.data_version(builder_config)}
   trained_on = study_runs.make_config(LESIONS, 'hpunet', 0,
                                      options).data.builder_config
   if builder_config == trained_on:
@@ -129,7 +141,7 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
     if variant not in options.lesion_variants:
       continue
     runs = []
-    for seed in range(options.seeds):
+    for seed in range(study_runs.seeds_of(options, LESIONS, variant)):
       config = study_runs.make_config(LESIONS, variant, seed, options)
       config.data.builder_config = builder_config
       run_dir = study_runs.run_dir_of(options, LESIONS, variant, seed)
@@ -151,12 +163,17 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
 
 def diagnostics(task: str, variants: Sequence[str],
                 options: StudyOptions) -> Dict[str, Any]:
-  """GECO's lambda at Adam's full rate per variant and, on the lesions,
-  the entropy of the exact answer distributions (`study_diagnostics`)."""
-  out = {'geco_lambda_at_lr_rate': {}}
+  """GECO's multiplier rule per variant, the lambda it can reach at Adam's
+  full rate (the authors' `adam` rule only: the `multiplicative` one is not
+  bound by the learning rate) and, on the lesions, the entropy of the exact
+  answer distributions (`study_diagnostics`)."""
+  out = {'geco_multiplier': {}, 'geco_lambda_at_lr_rate': {}}
   for variant in variants:
     config = study_runs.make_config(task, variant, 0, options)
-    if config.loss.objective == 'geco':
+    if config.loss.objective != 'geco':
+      continue
+    out['geco_multiplier'][variant] = config.loss.geco_multiplier
+    if config.loss.geco_multiplier == 'adam':
       out['geco_lambda_at_lr_rate'][variant] = (
           study_diagnostics.geco_lambda_at_lr_rate(config))
   if task == LESIONS:
@@ -169,17 +186,25 @@ def diagnostics(task: str, variants: Sequence[str],
 
 def copy_figures(task: str, variants: Sequence[str],
                  options: StudyOptions) -> List[str]:
-  """Copies seed 0's evaluation figures to `<results_dir>/figures/`."""
+  """Copies evaluation figures to `<results_dir>/figures/`: seed 0's
+  (`<task>_<variant>_<name>.png`) and every seed's training curves, GECO's
+  phases per run (`<task>_<variant>_seed<k>_training_curves.png`)."""
   figure_dir = os.path.join(options.results_dir, 'figures')
   os.makedirs(figure_dir, exist_ok=True)
   copied = []
   for variant in variants:
-    config = study_runs.make_config(task, variant, 0, options)
-    run_dir = study_runs.run_dir_of(options, task, variant, 0)
-    eval_dir = outputs.final_results_dir(run_dir, config)
-    for name in sorted(os.listdir(eval_dir)):
-      if name.endswith('.png'):
-        target = os.path.join(figure_dir, f'{task}_{variant}_{name}')
+    for seed in range(study_runs.seeds_of(options, task, variant)):
+      config = study_runs.make_config(task, variant, seed, options)
+      run_dir = study_runs.run_dir_of(options, task, variant, seed)
+      eval_dir = outputs.final_results_dir(run_dir, config)
+      for name in sorted(os.listdir(eval_dir)):
+        if name == CURVES_FIGURE:
+          target = f'{task}_{variant}_seed{seed}_{name}'
+        elif name.endswith('.png') and seed == 0:
+          target = f'{task}_{variant}_{name}'
+        else:
+          continue
+        target = os.path.join(figure_dir, target)
         shutil.copyfile(os.path.join(eval_dir, name), target)
         copied.append(target)
   return copied
@@ -199,13 +224,14 @@ def _print_training_end(results: Dict[str, Any],
                         variants: Sequence[str]) -> None:
   """Prints lambda, rec per pixel and KL at the end of training."""
   bounds = results['diagnostics']['geco_lambda_at_lr_rate']
+  rules = results['diagnostics']['geco_multiplier']
   print('\nEnd of training (mean of the last 5 logged steps and of the seeds)')
   for variant in variants:
     end = results[variant].get('training_end', {})
     kls = ' '.join(f'{end[k]:.3g}' for k in sorted(end)
                    if k.startswith('kl_') and k != 'kl_sum')
     bound = (f' (full rate: {bounds[variant]:.2f})' if variant in bounds
-             else '')
+             else f' ({rules[variant]})' if variant in rules else '')
     print(f"{variant:16s} lambda {end.get('lambda', float('nan')):.3f}{bound}"
           f"  rec/px {end.get('rec_mean', float('nan')):.3f}"
           f"  KL {end.get('kl_sum', float('nan')):.2f} nats [{kls}]")
@@ -223,6 +249,10 @@ def _print_extras(results: Dict[str, Any]) -> None:
           'is sampled (level_0 = most global)')
     print(study_analysis.format_table(settings, (
         'p_style_differs', 'p_presence_differs', 'frac_style_undefined')))
+  print('\nPosterior: IoU_rec from its mean and from its samples, mean '
+        'sigma per level (posterior, prior)')
+  print(study_posterior.format_posterior(results['posterior'],
+                                         results['variants']))
   generalisation = results['generalisation']
   rows = {v: generalisation[v] for v in ('hpunet', 'spunet')
           if v in generalisation}
@@ -249,20 +279,21 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
   """
   options = options.resolved()
   common = {'command': options.command,
-            'machine': study_analysis.machine_info(),
-            'seeds': list(range(options.seeds)), 'tiny': options.tiny}
+            'machine': study_analysis.machine_info(), 'tiny': options.tiny}
   written = {}
   for task, variants, columns in (
       (LESIONS, options.lesion_variants, LESION_COLUMNS),
       (CELLS, options.cell_variants, CELL_COLUMNS)):
     if not variants:
       continue
-    results = {'variants': list(variants)}
+    results = {'variants': list(variants),
+               'seeds': study_runs.seeds_by_variant(options, task, variants)}
     results.update(study_runs.run_task(task, variants, options))
     results['diagnostics'] = diagnostics(task, variants, options)
     if task == LESIONS:
       results['oracle'] = results[variants[0]].get('oracle', {})
       results['per_level'] = per_level(options)
+      results['posterior'] = study_posterior.posterior_section(options)
       results['generalisation'] = generalisation(options)
     figures = copy_figures(task, variants, options)
     if task == LESIONS and 'settings' in results['per_level']:
@@ -274,8 +305,10 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
                           for p in figures]
     results.update(common)
     _write_json(os.path.join(options.results_dir, f'{task}.json'), results)
-    _print_table(f'{task}: mean ± std (pooled bootstrap over '
-                 f'{options.seeds} seed(s))', results, variants, columns)
+    seed_counts = ', '.join(f'{v} {len(s)}'
+                            for v, s in results['seeds'].items())
+    _print_table(f'{task}: mean ± std (pooled bootstrap over the seeds: '
+                 f'{seed_counts})', results, variants, columns)
     _print_training_end(results, variants)
     if task == LESIONS:
       _print_extras(results)
@@ -287,7 +320,12 @@ _DEFAULTS = StudyOptions(workdir='')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of all runs.')
 _RESULTS_DIR = flags.DEFINE_string('results_dir', _DEFAULTS.results_dir,
                                    'Where the JSON files and figures go.')
-_SEEDS = flags.DEFINE_integer('seeds', _DEFAULTS.seeds, 'Seeds per variant.')
+_SEEDS = flags.DEFINE_integer(
+    'seeds', _DEFAULTS.seeds, 'Seeds (0..n-1) of hpunet, spunet and the cells '
+    'variants.')
+_ABLATION_SEEDS = flags.DEFINE_integer(
+    'ablation_seeds', None, 'Seeds of each lesion ablation (global_latents, '
+    'local_latents, no_topk); default: --seeds.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Training steps (default: the '
                               "config's; learning-rate drops scale along).")
 _VARIANTS = flags.DEFINE_list('variants', list(_DEFAULTS.lesion_variants),
@@ -305,12 +343,20 @@ _PER_LEVEL_IMAGES = flags.DEFINE_integer(
 _PER_LEVEL_SAMPLES = flags.DEFINE_integer(
     'per_level_samples', None, 'Samples per image and level setting (32; '
     'tiny 4).')
+_POSTERIOR_IMAGES = flags.DEFINE_integer(
+    'posterior_images', None, 'Images of the posterior analysis (100; tiny '
+    '2).')
+_POSTERIOR_SAMPLES = flags.DEFINE_integer(
+    'posterior_samples', None, 'Posterior samples per image and grading '
+    '(4; tiny 2).')
 _PRESENCE_THRESHOLD = flags.DEFINE_float(
     'presence_threshold', _DEFAULTS.presence_threshold,
-    "Covered fraction of a lesion's core disk that counts as present.")
+    "Covered fraction of a lesion's narrowest-style mask that counts as "
+    'present.')
 _GENERALISATION_CONFIG = flags.DEFINE_string(
     'generalisation_config', None, 'Lesions builder config of the '
-    'generalisation evaluation (many_lesions; tiny: tiny); "" skips it.')
+    'generalisation evaluation, of the training data\'s version (v2: '
+    'many_lesions, 5-6 lesions; tiny: tiny); "" skips it.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 
 
@@ -319,12 +365,15 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   options = StudyOptions(
       workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
-      seeds=_SEEDS.value, steps=_STEPS.value,
+      seeds=_SEEDS.value, ablation_seeds=_ABLATION_SEEDS.value,
+      steps=_STEPS.value,
       lesion_variants=tuple(_VARIANTS.value),
       cell_variants=tuple(_CELL_VARIANTS.value), tiny=_TINY.value,
       num_eval_images=_NUM_EVAL_IMAGES.value, num_samples=_NUM_SAMPLES.value,
       per_level_images=_PER_LEVEL_IMAGES.value,
       per_level_samples=_PER_LEVEL_SAMPLES.value,
+      posterior_images=_POSTERIOR_IMAGES.value,
+      posterior_samples=_POSTERIOR_SAMPLES.value,
       presence_threshold=_PRESENCE_THRESHOLD.value,
       generalisation_config=_GENERALISATION_CONFIG.value,
       data_dir=_DATA_DIR.value,

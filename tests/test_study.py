@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from datasets.synthetic_lesions import generator
+from datasets.synthetic_lesions import generator_v2
+from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
 from eval import bootstrap
 from eval import evaluator
 from eval import outputs
@@ -50,6 +52,66 @@ def test_decoding_recovers_style_and_presence_of_true_gradings():
     np.testing.assert_array_equal(decoded_styles, styles + [-1])
     np.testing.assert_array_equal(present,
                                   np.stack(subsets + [subsets[0] & False]))
+
+
+def _v2_example(config_name, index):
+  config = {c.name: c for c in synthetic_lesions_dataset_builder.Builder
+            .BUILDER_CONFIGS}[config_name]
+  return generator_v2.generate_example(
+      config.spec, config.seed,
+      synthetic_lesions_dataset_builder.SPLIT_IDS['test'], index)
+
+
+@pytest.mark.parametrize('config_name,num_images', [('default', 6),
+                                                    ('tiny', 4)])
+def test_decoding_every_v2_mode_gives_back_its_style_and_subset(
+    config_name, num_images):
+  """v2 (signed-distance styles): every (style, subset) grading is one of
+  the enumerated modes, all distinct but the empty one, and decodes to
+  exactly its style and subset."""
+  for index in range(num_images):
+    params = generator_v2.params_from_features(_v2_example(config_name, index))
+    assert isinstance(params, generator_v2.LesionParamsV2)
+    num_lesions, num_styles = len(params.probs), len(params.style_scales)
+    field = params.style_field()
+    gradings, styles, subsets = [], [], []
+    for style in range(num_styles):
+      for bits in range(1, 2**num_lesions):  # Non-empty subsets.
+        subset = np.array([(bits >> i) & 1 for i in range(num_lesions)], bool)
+        gradings.append(np.any(subset[:, None, None] &
+                               (field <= params.style_scales[style]), axis=0))
+        styles.append(style)
+        subsets.append(subset)
+    modes, _ = generator.enumerate_modes(params)
+    # One merged empty mode plus S x (2^N - 1) distinct ones: the gradings
+    # built here are exactly the enumerated modes.
+    assert len(modes) == 1 + num_styles * (2**num_lesions - 1)
+    assert ({m.astype(bool).tobytes() for m in modes} ==
+            {g.tobytes() for g in gradings} |
+            {np.zeros_like(gradings[0]).tobytes()})
+    decoded_styles, present = study_analysis.decode_lesion_samples(
+        np.stack(gradings + [np.zeros_like(gradings[0])]), params,
+        presence_threshold=0.5)
+    np.testing.assert_array_equal(decoded_styles, styles + [-1])
+    np.testing.assert_array_equal(present[:-1], np.stack(subsets))
+    assert not present[-1].any()
+
+
+def test_v2_truth_matches_decoded_oracle_samples():
+  """`true_disagreement` is what decoding many true v2 gradings gives."""
+  params = generator_v2.params_from_features(_v2_example('default', 0))
+  samples = generator.oracle_sample(params, np.random.default_rng(0), 4000)
+  styles, present = study_analysis.decode_lesion_samples(samples > 0, params,
+                                                         0.5)
+  truth = study_analysis.true_disagreement(params)
+  assert truth['p_style_differs'] == pytest.approx(0.625)
+  # Standard errors at 4000 samples are about 0.01.
+  assert study_analysis.style_disagreement(styles) == pytest.approx(
+      truth['p_style_differs'], abs=0.04)
+  assert study_analysis.presence_disagreement(present) == pytest.approx(
+      truth['p_presence_differs'], abs=0.04)
+  assert np.mean(styles < 0) == pytest.approx(truth['frac_style_undefined'],
+                                              abs=0.03)
 
 
 def test_decoding_rejects_bad_threshold_and_shape():
@@ -113,6 +175,31 @@ def test_make_config_scales_the_learning_rate_drop_and_validates():
     study_runs.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
 
 
+def test_seeds_per_variant_and_bad_settings():
+  options = study_runs.StudyOptions(workdir='w', seeds=3,
+                                    ablation_seeds=2).resolved()
+  lesions, cells = study_runs.LESIONS, study_runs.CELLS
+  assert [study_runs.seeds_of(options, lesions, v)
+          for v in study_runs.STUDY_LESION_VARIANTS] == [3, 3, 2, 2, 2]
+  assert study_runs.seeds_of(options, cells, 'hpunet') == 3
+  assert study_runs.seeds_by_variant(options, lesions, ('spunet', 'no_topk')
+                                     ) == {'spunet': [0, 1, 2],
+                                           'no_topk': [0, 1]}
+  same = study_runs.StudyOptions(workdir='w', seeds=2).resolved()
+  assert study_runs.seeds_of(same, lesions, 'local_latents') == 2
+  for bad in (dict(ablation_seeds=0), dict(seeds=0),
+              dict(posterior_samples=0)):
+    with pytest.raises(study_runs.StudySettingsError, match='must be >= 1'):
+      study_runs.StudyOptions(workdir='w', **bad).resolved()
+  # The generalisation set must be of the training data's version.
+  assert study_runs.data_version('many_lesions') == 'v2'
+  with pytest.raises(study_runs.StudySettingsError, match='lesions v1'):
+    study_runs.StudyOptions(workdir='w',
+                            generalisation_config='v1_many_lesions').resolved()
+  with pytest.raises(study_runs.StudySettingsError, match='not a synthetic'):
+    study_runs.StudyOptions(workdir='w', generalisation_config='nope').resolved()
+
+
 def _assert_finite_entry(entry, metrics):
   for name in metrics:
     assert math.isfinite(entry[name]) and math.isfinite(entry[name + '_std'])
@@ -151,11 +238,34 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   for figure in lesions['figures'] + cells['figures']:
     assert (tmp_path / 'results' / figure).stat().st_size > 1000
   assert 'figures/synthetic_lesions_per_level.png' in lesions['figures']
-  # Diagnostics: the training end state, GECO's lambda at full rate (GECO
-  # variants only) and the answer entropy (lesions only).
+  # GECO's phases: every run's training curves.
+  assert ('figures/synthetic_lesions_hpunet_seed0_training_curves.png'
+          in lesions['figures'])
+  assert ('figures/synthetic_cells_spunet_seed0_training_curves.png'
+          in cells['figures'])
+  assert lesions['seeds'] == {'hpunet': [0], 'spunet': [0]}
+  assert 'frac_style_undefined' in per_level['truth']
+  # The posterior: IoU_rec from its mean and samples, sigma per level.
+  posterior = lesions['posterior']
+  _assert_finite_entry(posterior['hpunet'], (
+      'iou_rec_posterior_mean', 'iou_rec_posterior_sample'))
+  for variant, num_levels in (('hpunet', 2), ('spunet', 1)):
+    sigmas = [k for k in posterior[variant]
+              if k.startswith('posterior_sigma_') and not k.endswith('_std')]
+    assert len(sigmas) == num_levels
+    assert all(posterior[variant][k] > 0 for k in sigmas)
+  assert posterior['hpunet']['num_seeds'] == 1
+  # The same images as the evaluation: its posterior-mean IoU is iou_rec.
+  assert posterior['hpunet']['iou_rec_posterior_mean'] == pytest.approx(
+      lesions['hpunet']['iou_rec'], abs=1e-6)
+  # Diagnostics: the training end state, GECO's rule and (for the `adam`
+  # rule only) lambda at full rate, and the answer entropy (lesions only).
   end = lesions['hpunet']['training_end']
   assert end['step'] == 3 and 0 < end['lambda'] and 'kl_0' in end
-  assert set(lesions['diagnostics']['geco_lambda_at_lr_rate']) == {'hpunet'}
+  assert lesions['diagnostics']['geco_multiplier'] == {
+      'hpunet': 'multiplicative'}
+  assert lesions['diagnostics']['geco_lambda_at_lr_rate'] == {}
+  assert generalisation['data_version'] == 'v2'
   assert lesions['diagnostics']['answer_entropy_nats']['mean'] > 0
   assert 'answer_entropy_nats' not in cells['diagnostics']
 
