@@ -72,6 +72,7 @@ from experiments import study_diagnostics
 from experiments import study_posterior
 from experiments import study_runs
 from experiments.study_runs import CELLS, LESIONS, StudyOptions
+from hpunet_jax.runtime import quiet_logs
 
 # Table 1/2 columns first; other metrics follow.
 LESION_COLUMNS = ('iou_rec', 'ged_16', 'ged_100', 'hm_iou', 'exact_ged',
@@ -363,6 +364,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet_logs.quiet_libraries()  # Orbax's per-save INFO lines, TFDS's.
   options = StudyOptions(
       workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
       seeds=_SEEDS.value, ablation_seeds=_ABLATION_SEEDS.value,
