@@ -5,8 +5,9 @@
   std from ... random inits and 1000 bootstraps").
 * Per-level analysis (issue 6 (a)): a lesion sample is decoded into the grader
   style and the presence of each lesion, using the image's generating
-  parameters (v1 `LesionParams` or v2 `LesionParamsV2`); sampling only one latent level at a time (the others at the
-  prior mean) then shows which factor each level carries.
+  parameters (v1 `LesionParams` or v2 `LesionParamsV2`); sampling only one
+  latent level at a time (the others at the prior mean) then shows which
+  factor each level carries.
 
 Shape glossary: `S` samples, `N` lesions, `H, W` image size, `B` images.
 """

@@ -17,7 +17,9 @@ posterior's and the (teacher-forced) prior's mean sigma per latent level:
   empty too; nan for an image without an empty grading);
 * `posterior_sigma_<h>x<w>`, `prior_sigma_<h>x<w>`: `exp(log_std)` averaged
   over the level's positions and latent dims and over the graders, named by
-  the level's grid (`1x1` the most global).
+  the level's grid (`1x1` the most global); read from the last posterior
+  sample's pass (below the coarsest level both depend on the coarser
+  levels' sampled latents).
 
 A gap between the two IoUs says the decoder relies on the sampling noise (or
 the mean is off the posterior's support); a posterior sigma near 1 at a
@@ -25,16 +27,13 @@ level says that level carries no information about the grading.
 
 Shape glossary: `B` images, `G` graders, `H, W` image size, `K` classes.
 """
-import os
 from typing import Any, Dict, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from datasets import pipeline
 from eval import metrics
-from eval import restore
 from experiments import study_analysis
 from experiments import study_runs
 from experiments.study_runs import LESIONS, StudyOptions
@@ -137,19 +136,12 @@ def posterior_section(options: StudyOptions) -> Dict[str, Any]:
   for variant in options.lesion_variants:
     per_seed = []
     for seed in range(study_runs.seeds_of(options, LESIONS, variant)):
-      run_dir = study_runs.run_dir_of(options, LESIONS, variant, seed)
-      cache = os.path.join(run_dir, cache_name)
-      if not os.path.exists(cache):
-        config = study_runs.make_config(LESIONS, variant, seed, options)
-        run = restore.restore_latest(run_dir, config)
-        examples = list(pipeline.eval_examples(
-            config.data, config.eval.split, limit=options.posterior_images))
-        np.savez(cache, **posterior_per_image(
-            run.model, run.params, examples,
-            num_samples=options.posterior_samples,
-            batch_size=config.eval.batch_size, seed=seed))
-      with np.load(cache) as stored:
-        per_seed.append({k: stored[k] for k in stored.files})
+      per_seed.append(study_runs.cached_lesion_arrays(
+          options, variant, seed, cache_name, options.posterior_images,
+          lambda run, examples, config, seed=seed: posterior_per_image(
+              run.model, run.params, examples,
+              num_samples=options.posterior_samples,
+              batch_size=config.eval.batch_size, seed=seed)))
     out[variant] = study_analysis.pool_seeds(per_seed, options.num_resamples,
                                              rng_seed=0)
     out[variant]['num_seeds'] = len(per_seed)

@@ -20,9 +20,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from datasets import pipeline
 from datasets.synthetic_lesions import generator_v2
 from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
 from eval import outputs
+from eval import restore
 from experiments import study_analysis
 from experiments import study_diagnostics
 from experiments import synthetic_cells
@@ -152,7 +154,8 @@ def seeds_by_variant(options: StudyOptions, task: str,
 
 def data_version(builder_config: str) -> str:
   """'v1' or 'v2': which generator a synthetic-lesions builder config
-  uses (a ValueError naming it when the builder has no such config)."""
+  uses (`StudySettingsError`, a ValueError, naming it when the builder has
+  no such config)."""
   configs = {c.name: c for c in
              synthetic_lesions_dataset_builder.Builder.BUILDER_CONFIGS}
   if builder_config not in configs:
@@ -334,6 +337,27 @@ def run_dir_of(options: StudyOptions, task: str, variant: str,
                seed: int) -> str:
   return os.path.join(options.workdir, TASK_DIRS[task], variant,
                       f'seed{seed}')
+
+
+def cached_lesion_arrays(options: StudyOptions, variant: str, seed: int,
+                         cache_name: str, num_images: int,
+                         compute) -> Dict[str, np.ndarray]:
+  """An analysis of one finished lesions run, kept in its folder.
+
+  `compute(run, examples, config)` (`run` from `eval.restore.restore_latest`,
+  `examples` the first `num_images` test images) returns named arrays; they
+  are computed once into `<run_dir>/<cache_name>` (.npz) and read from there.
+  """
+  run_dir = run_dir_of(options, LESIONS, variant, seed)
+  cache = os.path.join(run_dir, cache_name)
+  if not os.path.exists(cache):
+    config = make_config(LESIONS, variant, seed, options)
+    run = restore.restore_latest(run_dir, config)
+    examples = list(pipeline.eval_examples(config.data, config.eval.split,
+                                           limit=num_images))
+    np.savez(cache, **compute(run, examples, config))
+  with np.load(cache) as stored:
+    return {key: stored[key] for key in stored.files}
 
 
 def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,

@@ -92,25 +92,22 @@ def per_level(options: StudyOptions) -> Dict[str, Any]:
                 '.npz')
   num_seeds = study_runs.seeds_of(options, LESIONS, 'hpunet')
   for seed in range(num_seeds):
-    config = study_runs.make_config(LESIONS, 'hpunet', seed, options)
-    run_dir = study_runs.run_dir_of(options, LESIONS, 'hpunet', seed)
-    cache = os.path.join(run_dir, cache_name)
-    if not os.path.exists(cache):
-      run = restore.restore_latest(run_dir, config)
-      examples = list(pipeline.eval_examples(
-          config.data, config.eval.split, limit=options.per_level_images))
+    def compute(run, examples, config, seed=seed):
       values = study_analysis.per_level_per_image(
           run.model, run.params, examples,
           num_samples=options.per_level_samples,
           batch_size=config.eval.batch_size, seed=seed,
           presence_threshold=options.presence_threshold)
-      np.savez(cache, **{f'{s}.{m}': v for s, metrics in values.items()
-                         for m, v in metrics.items()})
-    with np.load(cache) as stored:
-      values = {}
-      for key in stored.files:
-        setting, metric = key.split('.', 1)
-        values.setdefault(setting, {})[metric] = stored[key]
+      # Flat `<setting>.<metric>` names for the .npz.
+      return {f'{s}.{m}': v for s, metrics in values.items()
+              for m, v in metrics.items()}
+    stored = study_runs.cached_lesion_arrays(
+        options, 'hpunet', seed, cache_name, options.per_level_images,
+        compute)
+    values = {}
+    for key, array in stored.items():
+      setting, metric = key.split('.', 1)
+      values.setdefault(setting, {})[metric] = array
     per_seed.append(values)
   summary = {setting: study_analysis.pool_seeds(
       [values[setting] for values in per_seed], options.num_resamples,
