@@ -155,8 +155,8 @@ def score_instances(example: dict, sample_labels: np.ndarray,
       few, num_classes=num_instance_ids + 1, alpha=cluster_alpha,
       no_neighbour=cluster_no_neighbour, rng=rng)
   values = {
-      'iou_rec': instance_metrics.multiclass_iou(recon, target,
-                                        range(1, num_instance_ids + 1)),
+      'iou_rec': instance_metrics.multiclass_iou(
+          recon, target, range(1, num_instance_ids + 1)),
       'rand_error': instance_metrics.rand_error(clusters, instances),
   }
   arrays = dict(image=example['image'], target=target, recon=recon,
@@ -236,10 +236,12 @@ def score_extrapolation(example: dict, sample_labels: np.ndarray,
       few, num_classes=num_instance_ids + 1, alpha=cluster_alpha,
       no_neighbour=cluster_no_neighbour, rng=rng)
   values = {
-      'iou_rec': instance_metrics.multiclass_iou(recon, target, classes, valid),
-      'iou_rec_visible': instance_metrics.multiclass_iou(recon, target, classes,
-                                                visible),
-      'iou_rec_masked': instance_metrics.multiclass_iou(recon, target, classes, hidden),
+      'iou_rec': instance_metrics.multiclass_iou(recon, target, classes,
+                                                 valid),
+      'iou_rec_visible': instance_metrics.multiclass_iou(recon, target,
+                                                         classes, visible),
+      'iou_rec_masked': instance_metrics.multiclass_iou(recon, target,
+                                                        classes, hidden),
       'diversity_visible': _region_mean(disagreement, visible),
       'diversity_masked': _region_mean(disagreement, hidden),
       # Instances outside the visible part are ignored (gt id 0).
@@ -310,9 +312,9 @@ def score_cityscapes(example: dict, sample_labels: np.ndarray,
   valid = mask > 0
   values = {
       'iou_rec': instance_metrics.multiclass_iou(recon, target, cars, mask),
-      'rand_error': instance_metrics.rand_error(np.where(valid, clusters, 0),
-                                       np.where(valid, example['instances'],
-                                                0)),
+      'rand_error': instance_metrics.rand_error(
+          np.where(valid, clusters, 0),
+          np.where(valid, example['instances'], 0)),
   }
   arrays = dict(image=example['image'], target=target, recon=recon,
                 clusters=clusters, samples=sample_labels[:FEW_SAMPLES],
