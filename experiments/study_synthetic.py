@@ -23,7 +23,9 @@ r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
    presence (`study_analysis.decode_lesion_samples`, v1 and v2); P(style
    differs), P(a lesion's presence differs) against `oracle` and `truth`.
 4. `posterior` (`study_posterior`, every lesion variant): IoU_rec from the
-   posterior mean and from posterior samples, and the mean sigma per level.
+   posterior mean and from posterior samples, and the mean sigma per level;
+   `answer` (`study_answer`, every lesion variant): `exact_ged` split into
+   the samples' pixel errors and their probabilities' errors.
 5. `generalisation` (lesions HPU-Net, sPU-Net): evaluated on
    `--generalisation_config` (v2 `many_lesions`: 5-6 lesions; trained on
    2-4), which must be of the training data's version.
@@ -68,6 +70,7 @@ from eval import evaluator
 from eval import outputs
 from eval import restore
 from experiments import study_analysis
+from experiments import study_answer
 from experiments import study_diagnostics
 from experiments import study_posterior
 from experiments import study_runs
@@ -251,6 +254,9 @@ def _print_extras(results: Dict[str, Any]) -> None:
         'sigma per level (posterior, prior)')
   print(study_posterior.format_posterior(results['posterior'],
                                          results['variants']))
+  print('\nAnswer: exact GED² of the samples and of the samples snapped to '
+        'the gradings they decode to; style and presence errors')
+  print(study_answer.format_answer(results['answer'], results['variants']))
   generalisation = results['generalisation']
   rows = {v: generalisation[v] for v in ('hpunet', 'spunet')
           if v in generalisation}
@@ -292,6 +298,7 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
       results['oracle'] = results[variants[0]].get('oracle', {})
       results['per_level'] = per_level(options)
       results['posterior'] = study_posterior.posterior_section(options)
+      results['answer'] = study_answer.answer_section(options)
       results['generalisation'] = generalisation(options)
     figures = copy_figures(task, variants, options)
     if task == LESIONS and 'settings' in results['per_level']:

@@ -258,6 +258,16 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   # The same images as the evaluation: its posterior-mean IoU is iou_rec.
   assert posterior['hpunet']['iou_rec_posterior_mean'] == pytest.approx(
       lesions['hpunet']['iou_rec'], abs=1e-6)
+  # The answer decomposition: per variant, and the oracle's floor (its
+  # samples are true gradings: they snap to themselves).
+  answer = lesions['answer']
+  for variant in ('hpunet', 'spunet'):
+    _assert_finite_entry(answer[variant], ('exact_ged', 'exact_ged_snapped',
+                                           'mode_iou', 'presence_mae'))
+    assert answer[variant]['num_seeds'] == 1
+  assert answer['oracle']['mode_iou'] == 1.0
+  assert answer['oracle']['exact_ged_snapped'] == pytest.approx(
+      answer['oracle']['exact_ged'], abs=1e-9)
   # Diagnostics: the training end state, GECO's rule and (for the `adam`
   # rule only) lambda at full rate, and the answer entropy (lesions only).
   end = lesions['hpunet']['training_end']
