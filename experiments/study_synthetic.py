@@ -42,13 +42,11 @@ ablation, cells included):
   python -m experiments.study_synthetic --workdir=/tmp/study_v2 \
       --seeds=3 --ablation_seeds=2 --results_dir=results
 
-Its length is an estimate, not a measurement: 12 lesion runs (1500 steps)
-x the main job's 17 min 15 s (15 min 15 s training + 2 min evaluation,
-measured on the shared 2-core AMD EPYC, README "Synthetic lesions v2")
-= 3 h 27 min, plus 6 cell runs (1000 steps: about 2/3 of that training,
-plus evaluation) about 1 h 15 min, plus the generalisation evaluations (6)
-and the per-level and posterior analyses about 20 min: about 5 h on that
-shared CPU, more than issue 12's 2.5 h. The issue-6 study (v1, 1000
+Measured on the quiet 2-core AMD EPYC: the 12 lesion runs 2 h 33 min (sum
+of their `wall_time_s`; the sPU-Net's runs about 20 min each, the others
+about 10), the lesion analyses about 30 min more; the 6 cell runs (v1:
+10-17 min each) add about 1.3 h, so the study needs more than issue 12's
+2.5 h (README, "Results of the v2 study"). The issue-6 study (v1, 1000
 steps) and its results: `results/v1/`.
 """
 import json
