@@ -35,8 +35,9 @@ import numpy as np
 from datasets.synthetic_lesions import generator
 from eval import metrics
 from experiments import study_analysis
+from experiments import study_options
 from experiments import study_runs
-from experiments.study_runs import LESIONS, StudyOptions
+from experiments.study_options import LESIONS, StudyOptions
 
 
 def snapped_gradings(styles: np.ndarray, present: np.ndarray,
@@ -149,7 +150,7 @@ def answer_section(options: StudyOptions) -> Dict[str, Any]:
                'pixel fidelity; oracle: as many true-distribution samples.')}
   for variant in options.lesion_variants:
     per_seed, oracle = [], []
-    for seed in range(study_runs.seeds_of(options, LESIONS, variant)):
+    for seed in range(study_options.seeds_of(options, LESIONS, variant)):
       def compute(run, examples, config, seed=seed):
         return answer_per_image(
             run.model, run.params, examples,

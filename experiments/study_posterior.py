@@ -35,8 +35,9 @@ import numpy as np
 
 from eval import metrics
 from experiments import study_analysis
+from experiments import study_options
 from experiments import study_runs
-from experiments.study_runs import LESIONS, StudyOptions
+from experiments.study_options import LESIONS, StudyOptions
 
 
 def _mean_sigmas(prefix: str, dists: Sequence[Any], num_images: int,
@@ -135,7 +136,7 @@ def posterior_section(options: StudyOptions) -> Dict[str, Any]:
                 f'{options.posterior_samples}.npz')
   for variant in options.lesion_variants:
     per_seed = []
-    for seed in range(study_runs.seeds_of(options, LESIONS, variant)):
+    for seed in range(study_options.seeds_of(options, LESIONS, variant)):
       per_seed.append(study_runs.cached_lesion_arrays(
           options, variant, seed, cache_name, options.posterior_images,
           lambda run, examples, config, seed=seed: posterior_per_image(

@@ -9,7 +9,7 @@ r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
    then `experiments/synthetic_cells.py` (`hpunet`, `spunet`) in
    `<workdir>/cells/...`, each with `train_lib.train_and_evaluate`: seeds
    `0..seeds-1` of hpunet, spunet and the cells, `0..ablation_seeds-1` of
-   each ablation (`study_runs.seeds_of`). A finished, evaluated run is
+   each ablation (`study_options.seeds_of`). A finished, evaluated run is
    loaded (its config must match: `StudySettingsError` otherwise), an
    interrupted one resumes from its checkpoint: rerun the same command to
    continue.
@@ -61,7 +61,6 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from datasets import pipeline
 from eval import evaluator
@@ -71,8 +70,9 @@ from experiments import study_analysis
 from experiments import study_answer
 from experiments import study_diagnostics
 from experiments import study_posterior
+from experiments import study_options
 from experiments import study_runs
-from experiments.study_runs import CELLS, LESIONS, StudyOptions
+from experiments.study_options import CELLS, LESIONS, StudyOptions
 from hpunet_jax.runtime import quiet_logs
 
 # Table 1/2 columns first; other metrics follow.
@@ -91,7 +91,7 @@ def per_level(options: StudyOptions) -> Dict[str, Any]:
   cache_name = (f'per_level_{options.per_level_images}x'
                 f'{options.per_level_samples}_t{options.presence_threshold}'
                 '.npz')
-  num_seeds = study_runs.seeds_of(options, LESIONS, 'hpunet')
+  num_seeds = study_options.seeds_of(options, LESIONS, 'hpunet')
   for seed in range(num_seeds):
     def compute(run, examples, config, seed=seed):
       values = study_analysis.per_level_per_image(
@@ -130,8 +130,8 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
   if not builder_config:
     return {'skipped': 'disabled by --generalisation_config=""'}
   out = {'builder_config': builder_config,
-         'data_version': study_runs.data_version(builder_config)}
-  trained_on = study_runs.make_config(LESIONS, 'hpunet', 0,
+         'data_version': study_options.data_version(builder_config)}
+  trained_on = study_options.make_config(LESIONS, 'hpunet', 0,
                                      options).data.builder_config
   if builder_config == trained_on:
     out['note'] = ('the training data set itself: a pipeline check, not a '
@@ -140,8 +140,8 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
     if variant not in options.lesion_variants:
       continue
     runs = []
-    for seed in range(study_runs.seeds_of(options, LESIONS, variant)):
-      config = study_runs.make_config(LESIONS, variant, seed, options)
+    for seed in range(study_options.seeds_of(options, LESIONS, variant)):
+      config = study_options.make_config(LESIONS, variant, seed, options)
       config.data.builder_config = builder_config
       run_dir = study_runs.run_dir_of(options, LESIONS, variant, seed)
       out_dir = os.path.join(run_dir, 'generalisation', builder_config,
@@ -168,7 +168,7 @@ def diagnostics(task: str, variants: Sequence[str],
   answer distributions (`study_diagnostics`)."""
   out = {'geco_multiplier': {}, 'geco_lambda_at_lr_rate': {}}
   for variant in variants:
-    config = study_runs.make_config(task, variant, 0, options)
+    config = study_options.make_config(task, variant, 0, options)
     if config.loss.objective != 'geco':
       continue
     out['geco_multiplier'][variant] = config.loss.geco_multiplier
@@ -176,7 +176,7 @@ def diagnostics(task: str, variants: Sequence[str],
       out['geco_lambda_at_lr_rate'][variant] = (
           study_diagnostics.geco_lambda_at_lr_rate(config))
   if task == LESIONS:
-    config = study_runs.make_config(task, variants[0], 0, options)
+    config = study_options.make_config(task, variants[0], 0, options)
     out['answer_entropy_nats'] = study_diagnostics.answer_entropy_nats([
         e['mode_probs'] for e in pipeline.eval_examples(
             config.data, config.eval.split, limit=config.eval.num_examples)])
@@ -192,8 +192,8 @@ def copy_figures(task: str, variants: Sequence[str],
   os.makedirs(figure_dir, exist_ok=True)
   copied = []
   for variant in variants:
-    for seed in range(study_runs.seeds_of(options, task, variant)):
-      config = study_runs.make_config(task, variant, seed, options)
+    for seed in range(study_options.seeds_of(options, task, variant)):
+      config = study_options.make_config(task, variant, seed, options)
       run_dir = study_runs.run_dir_of(options, task, variant, seed)
       eval_dir = outputs.final_results_dir(run_dir, config)
       for name in sorted(os.listdir(eval_dir)):
@@ -289,7 +289,7 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
     if not variants:
       continue
     results = {'variants': list(variants),
-               'seeds': study_runs.seeds_by_variant(options, task, variants)}
+               'seeds': study_options.seeds_by_variant(options, task, variants)}
     results.update(study_runs.run_task(task, variants, options))
     results['diagnostics'] = diagnostics(task, variants, options)
     if task == LESIONS:
@@ -387,7 +387,7 @@ def main(argv):
       os.path.join('~', '.cache', 'hpunet_jax', 'jax')))
   try:
     run_study(options)
-  except (study_runs.RunIncompleteError, study_runs.StudySettingsError) as e:
+  except (study_runs.RunIncompleteError, study_options.StudySettingsError) as e:
     sys.exit(f'study_synthetic: {e}')
 
 

@@ -14,6 +14,7 @@ from eval import evaluator
 from eval import outputs
 from eval import restore
 from experiments import study_analysis
+from experiments import study_options
 from experiments import study_runs
 from experiments import study_synthetic
 from hpunet_jax.runtime import checkpointing
@@ -150,8 +151,8 @@ def test_pool_seeds_matches_pooled_bootstrap_and_drops_nan():
 
 
 def test_pool_runs_keeps_the_spread_over_seeds():
-  options = study_runs.StudyOptions(workdir='w', num_resamples=20).resolved()
-  config = study_runs.make_config(study_runs.LESIONS, 'hpunet', 0, options)
+  options = study_options.StudyOptions(workdir='w', num_resamples=20).resolved()
+  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0, options)
   runs = [dict(metrics=dict(iou_rec=m, num_images=2, num_samples=4),
                per_image=dict(iou_rec=np.array([m - 0.1, m + 0.1])),
                wall_time_s=t) for m, t in ((0.5, 10.0), (0.8, 20.0))]
@@ -165,39 +166,39 @@ def test_pool_runs_keeps_the_spread_over_seeds():
 
 
 def test_make_config_scales_the_learning_rate_drop_and_validates():
-  options = study_runs.StudyOptions(workdir='w', steps=5000).resolved()
-  config = study_runs.make_config(study_runs.LESIONS, 'no_topk', 2, options)
+  options = study_options.StudyOptions(workdir='w', steps=5000).resolved()
+  config = study_options.make_config(study_options.LESIONS, 'no_topk', 2, options)
   assert config.num_train_steps == 5000 and config.seed == 2
   # The config's drop at the same fraction of the run (1200 of 1500 steps).
   assert tuple(config.optimizer.boundaries) == (4000,)
   assert config.loss.top_k_fraction == 0.0
   with pytest.raises(ValueError, match='Unknown lesion_variants'):
-    study_runs.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
+    study_options.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
 
 
 def test_seeds_per_variant_and_bad_settings():
-  options = study_runs.StudyOptions(workdir='w', seeds=3,
+  options = study_options.StudyOptions(workdir='w', seeds=3,
                                     ablation_seeds=2).resolved()
-  lesions, cells = study_runs.LESIONS, study_runs.CELLS
-  assert [study_runs.seeds_of(options, lesions, v)
-          for v in study_runs.STUDY_LESION_VARIANTS] == [3, 3, 2, 2, 2]
-  assert study_runs.seeds_of(options, cells, 'hpunet') == 3
-  assert study_runs.seeds_by_variant(options, lesions, ('spunet', 'no_topk')
+  lesions, cells = study_options.LESIONS, study_options.CELLS
+  assert [study_options.seeds_of(options, lesions, v)
+          for v in study_options.STUDY_LESION_VARIANTS] == [3, 3, 2, 2, 2]
+  assert study_options.seeds_of(options, cells, 'hpunet') == 3
+  assert study_options.seeds_by_variant(options, lesions, ('spunet', 'no_topk')
                                      ) == {'spunet': [0, 1, 2],
                                            'no_topk': [0, 1]}
-  same = study_runs.StudyOptions(workdir='w', seeds=2).resolved()
-  assert study_runs.seeds_of(same, lesions, 'local_latents') == 2
+  same = study_options.StudyOptions(workdir='w', seeds=2).resolved()
+  assert study_options.seeds_of(same, lesions, 'local_latents') == 2
   for bad in (dict(ablation_seeds=0), dict(seeds=0),
               dict(posterior_samples=0)):
-    with pytest.raises(study_runs.StudySettingsError, match='must be >= 1'):
-      study_runs.StudyOptions(workdir='w', **bad).resolved()
+    with pytest.raises(study_options.StudySettingsError, match='must be >= 1'):
+      study_options.StudyOptions(workdir='w', **bad).resolved()
   # The generalisation set must be of the training data's version.
-  assert study_runs.data_version('many_lesions') == 'v2'
-  with pytest.raises(study_runs.StudySettingsError, match='lesions v1'):
-    study_runs.StudyOptions(workdir='w',
+  assert study_options.data_version('many_lesions') == 'v2'
+  with pytest.raises(study_options.StudySettingsError, match='lesions v1'):
+    study_options.StudyOptions(workdir='w',
                             generalisation_config='v1_many_lesions').resolved()
-  with pytest.raises(study_runs.StudySettingsError, match='not a synthetic'):
-    study_runs.StudyOptions(workdir='w', generalisation_config='nope').resolved()
+  with pytest.raises(study_options.StudySettingsError, match='not a synthetic'):
+    study_options.StudyOptions(workdir='w', generalisation_config='nope').resolved()
 
 
 def _assert_finite_entry(entry, metrics):
@@ -206,7 +207,7 @@ def _assert_finite_entry(entry, metrics):
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
-  options = study_runs.StudyOptions(
+  options = study_options.StudyOptions(
       workdir=str(tmp_path / 'runs'), results_dir=str(tmp_path / 'results'),
       seeds=1, lesion_variants=('hpunet', 'spunet'), cell_variants=('spunet',),
       tiny=True, data_dir=str(tmp_path / 'tfds'), command='test')
@@ -287,8 +288,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   again = study_synthetic.run_study(options)
   assert again['synthetic_lesions']['hpunet']['exact_ged'] == (
       lesions['hpunet']['exact_ged'])
-  with pytest.raises(study_runs.StudySettingsError, match='num_train_steps'):
-    study_synthetic.run_study(study_runs.StudyOptions(
+  with pytest.raises(study_options.StudySettingsError, match='num_train_steps'):
+    study_synthetic.run_study(study_options.StudyOptions(
         **{**options.__dict__, 'steps': 2}))
 
 
@@ -296,11 +297,11 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
   """The issue's probe: the study killed mid-run, `run_metrics` on the
   intermediate checkpoint, the study rerun. The offline metrics.json must
   not count as the run's result; the run is trained to its end first."""
-  options = study_runs.StudyOptions(
+  options = study_options.StudyOptions(
       workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=('hpunet',),
       cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
-  config = study_runs.make_config(study_runs.LESIONS, 'hpunet', 0, options)
-  run_dir = study_runs.run_dir_of(options, study_runs.LESIONS, 'hpunet', 0)
+  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0, options)
+  run_dir = study_runs.run_dir_of(options, study_options.LESIONS, 'hpunet', 0)
   # Killed: a stop request (SIGTERM's path) saves step 1 of 3 and stops.
   monkeypatch.setattr(checkpointing.StopRequest, 'requested',
                       lambda self: True)
