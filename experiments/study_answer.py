@@ -157,8 +157,8 @@ def answer_section(options: StudyOptions) -> Dict[str, Any]:
             num_samples=config.eval.num_samples,
             batch_size=config.eval.batch_size, seed=seed,
             presence_threshold=options.presence_threshold)
-      stored = study_runs.cached_lesion_arrays(
-          options, variant, seed,
+      stored = study_runs.cached_run_arrays(
+          options, LESIONS, variant, seed,
           f'answer_{options.per_level_images}_t{options.presence_threshold}'
           '.npz', options.per_level_images, compute)
       per_seed.append({k: v for k, v in stored.items() if '.' not in k})

@@ -16,14 +16,18 @@
   holds for the authors' `loss.geco_multiplier='adam'` rule only; the
   `multiplicative` rule of the v2 lesion configs is not bound by the
   learning rate, so the study reports the bound for `adam` variants only.
+* `diagnostics_section`: the study's `diagnostics` entry of one task.
 """
 import json
 import math
 import os
-from typing import Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+
+from datasets import pipeline
+from experiments import study_options
 
 # Scalars of `metrics.jsonl` kept by `training_end` (plus every `kl_<l>`).
 TRAINING_KEYS = ('lambda', 'rec_mean', 'kl_sum', 'constraint')
@@ -96,3 +100,26 @@ def geco_lambda_at_lr_rate(config: ml_collections.ConfigDict) -> float:
     start = end
   v0 = math.log(math.e - 1.0)  # softplus(v0) = 1.
   return math.log1p(math.exp(v0 + total)) ** 2
+
+
+def diagnostics_section(task: str, variants: Sequence[str],
+                        options: study_options.StudyOptions) -> Dict[str, Any]:
+  """GECO's multiplier rule per variant, the lambda it can reach at Adam's
+  full rate (the authors' `adam` rule only: the `multiplicative` one is not
+  bound by the learning rate) and, on the lesions, the entropy of the exact
+  answer distributions (the functions above)."""
+  out = {'geco_multiplier': {}, 'geco_lambda_at_lr_rate': {}}
+  for variant in variants:
+    config = study_options.make_config(task, variant, 0, options)
+    if config.loss.objective != 'geco':
+      continue
+    out['geco_multiplier'][variant] = config.loss.geco_multiplier
+    if config.loss.geco_multiplier == 'adam':
+      out['geco_lambda_at_lr_rate'][variant] = (
+          geco_lambda_at_lr_rate(config))
+  if task == study_options.LESIONS:
+    config = study_options.make_config(task, variants[0], 0, options)
+    out['answer_entropy_nats'] = answer_entropy_nats([
+        e['mode_probs'] for e in pipeline.eval_examples(
+            config.data, config.eval.split, limit=config.eval.num_examples)])
+  return out

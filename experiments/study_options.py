@@ -33,11 +33,11 @@ ABLATION_VARIANTS = ('global_latents', 'local_latents', 'no_topk')
 FULL_SETTINGS = dict(steps=None, num_eval_images=None, num_samples=None,
                      per_level_images=100, per_level_samples=32,
                      posterior_images=100, posterior_samples=4,
-                     generalisation_config='many_lesions')
+                     purity_images=100, generalisation_config='many_lesions')
 TINY_SETTINGS = dict(steps=3, num_eval_images=2, num_samples=4,
                      per_level_images=2, per_level_samples=4,
                      posterior_images=2, posterior_samples=2,
-                     generalisation_config='tiny')
+                     purity_images=2, generalisation_config='tiny')
 
 
 class StudySettingsError(ValueError):
@@ -68,6 +68,9 @@ class StudyOptions:
     posterior_images: test images of the posterior analysis
       (`study_posterior`).
     posterior_samples: posterior samples per image and grader there.
+    purity_images: test images of the cells' purity analysis
+      (`study_cells`).
+    purity_erosion: pixels eroded from each true cell there.
     generalisation_config: lesions builder config of the generalisation
       evaluation (same data version as the training set); '' skips it.
     data_dir: TFDS data directory (None = TFDS's default).
@@ -88,6 +91,8 @@ class StudyOptions:
   per_level_samples: Optional[int] = None
   posterior_images: Optional[int] = None
   posterior_samples: Optional[int] = None
+  purity_images: Optional[int] = None
+  purity_erosion: int = 1
   presence_threshold: float = 0.5
   generalisation_config: Optional[str] = None
   data_dir: Optional[str] = None
@@ -103,10 +108,13 @@ class StudyOptions:
       filled['ablation_seeds'] = self.seeds
     options = dataclasses.replace(self, **filled)
     for name in ('seeds', 'ablation_seeds', 'posterior_images',
-                 'posterior_samples'):
+                 'posterior_samples', 'purity_images'):
       if getattr(options, name) < 1:
         raise StudySettingsError(f'--{name} must be >= 1, got '
                                  f'{getattr(options, name)}.')
+    if options.purity_erosion < 0:
+      raise StudySettingsError('--purity_erosion must be >= 0, got '
+                               f'{options.purity_erosion}.')
     for name, known in (('lesion_variants', synthetic_lesions.VARIANTS),
                         ('cell_variants', synthetic_cells.VARIANTS)):
       unknown = set(getattr(options, name)) - set(known)

@@ -137,8 +137,9 @@ def posterior_section(options: StudyOptions) -> Dict[str, Any]:
   for variant in options.lesion_variants:
     per_seed = []
     for seed in range(study_options.seeds_of(options, LESIONS, variant)):
-      per_seed.append(study_runs.cached_lesion_arrays(
-          options, variant, seed, cache_name, options.posterior_images,
+      per_seed.append(study_runs.cached_run_arrays(
+          options, LESIONS, variant, seed, cache_name,
+          options.posterior_images,
           lambda run, examples, config, seed=seed: posterior_per_image(
               run.model, run.params, examples,
               num_samples=options.posterior_samples,

@@ -3,7 +3,7 @@
 `experiments/study_synthetic.py` is the command line and
 `experiments/study_options.py` the options and a run's config; this module
 trains and evaluates a run unless it is finished (`train_or_load`), caches a
-run's lesion analyses (`cached_lesion_arrays`) and pools a variant's seeds
+run's analyses (`cached_run_arrays`) and pools a variant's seeds
 (`pool_runs`, `run_task`).
 """
 import json
@@ -20,7 +20,7 @@ from eval import restore
 from experiments import study_analysis
 from experiments import study_diagnostics
 from experiments import train_lib
-from experiments.study_options import (LESIONS, TASK_DIRS, StudyOptions,
+from experiments.study_options import (TASK_DIRS, StudyOptions,
                                        StudySettingsError, make_config,
                                        seeds_of)
 from hpunet_jax.runtime import run_record
@@ -163,19 +163,19 @@ def run_dir_of(options: StudyOptions, task: str, variant: str,
                       f'seed{seed}')
 
 
-def cached_lesion_arrays(options: StudyOptions, variant: str, seed: int,
-                         cache_name: str, num_images: int,
-                         compute) -> Dict[str, np.ndarray]:
-  """An analysis of one finished lesions run, kept in its folder.
+def cached_run_arrays(options: StudyOptions, task: str, variant: str,
+                      seed: int, cache_name: str, num_images: int,
+                      compute) -> Dict[str, np.ndarray]:
+  """An analysis of one finished run of `task`, kept in its folder.
 
   `compute(run, examples, config)` (`run` from `eval.restore.restore_latest`,
   `examples` the first `num_images` test images) returns named arrays; they
   are computed once into `<run_dir>/<cache_name>` (.npz) and read from there.
   """
-  run_dir = run_dir_of(options, LESIONS, variant, seed)
+  run_dir = run_dir_of(options, task, variant, seed)
   cache = os.path.join(run_dir, cache_name)
   if not os.path.exists(cache):
-    config = make_config(LESIONS, variant, seed, options)
+    config = make_config(task, variant, seed, options)
     run = restore.restore_latest(run_dir, config)
     examples = list(pipeline.eval_examples(config.data, config.eval.split,
                                            limit=num_images))

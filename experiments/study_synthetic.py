@@ -26,6 +26,8 @@ r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
    posterior mean and from posterior samples, and the mean sigma per level;
    `answer` (`study_answer`, every lesion variant): `exact_ged` split into
    the samples' pixel errors and their probabilities' errors.
+   `purity` (`study_cells`, every cells variant): how often a prior sample
+   gives each true cell one label, inside and across the latent squares.
 5. `generalisation` (lesions HPU-Net, sPU-Net): evaluated on
    `--generalisation_config` (v2 `many_lesions`: 5-6 lesions; trained on
    2-4), which must be of the training data's version.
@@ -62,12 +64,12 @@ from absl import app
 from absl import flags
 import jax
 
-from datasets import pipeline
 from eval import evaluator
 from eval import outputs
 from eval import restore
 from experiments import study_analysis
 from experiments import study_answer
+from experiments import study_cells
 from experiments import study_diagnostics
 from experiments import study_posterior
 from experiments import study_options
@@ -102,8 +104,8 @@ def per_level(options: StudyOptions) -> Dict[str, Any]:
       # Flat `<setting>.<metric>` names for the .npz.
       return {f'{s}.{m}': v for s, metrics in values.items()
               for m, v in metrics.items()}
-    stored = study_runs.cached_lesion_arrays(
-        options, 'hpunet', seed, cache_name, options.per_level_images,
+    stored = study_runs.cached_run_arrays(
+        options, LESIONS, 'hpunet', seed, cache_name, options.per_level_images,
         compute)
     values = {}
     for key, array in stored.items():
@@ -157,29 +159,6 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
     out[variant] = study_runs.pool_runs(runs, config, options)
     for key in ('wall_time_s', 'wall_time_s_per_seed'):
       del out[variant][key]
-  return out
-
-
-def diagnostics(task: str, variants: Sequence[str],
-                options: StudyOptions) -> Dict[str, Any]:
-  """GECO's multiplier rule per variant, the lambda it can reach at Adam's
-  full rate (the authors' `adam` rule only: the `multiplicative` one is not
-  bound by the learning rate) and, on the lesions, the entropy of the exact
-  answer distributions (`study_diagnostics`)."""
-  out = {'geco_multiplier': {}, 'geco_lambda_at_lr_rate': {}}
-  for variant in variants:
-    config = study_options.make_config(task, variant, 0, options)
-    if config.loss.objective != 'geco':
-      continue
-    out['geco_multiplier'][variant] = config.loss.geco_multiplier
-    if config.loss.geco_multiplier == 'adam':
-      out['geco_lambda_at_lr_rate'][variant] = (
-          study_diagnostics.geco_lambda_at_lr_rate(config))
-  if task == LESIONS:
-    config = study_options.make_config(task, variants[0], 0, options)
-    out['answer_entropy_nats'] = study_diagnostics.answer_entropy_nats([
-        e['mode_probs'] for e in pipeline.eval_examples(
-            config.data, config.eval.split, limit=config.eval.num_examples)])
   return out
 
 
@@ -291,13 +270,16 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
     results = {'variants': list(variants),
                'seeds': study_options.seeds_by_variant(options, task, variants)}
     results.update(study_runs.run_task(task, variants, options))
-    results['diagnostics'] = diagnostics(task, variants, options)
+    results['diagnostics'] = study_diagnostics.diagnostics_section(
+        task, variants, options)
     if task == LESIONS:
       results['oracle'] = results[variants[0]].get('oracle', {})
       results['per_level'] = per_level(options)
       results['posterior'] = study_posterior.posterior_section(options)
       results['answer'] = study_answer.answer_section(options)
       results['generalisation'] = generalisation(options)
+    else:
+      results['purity'] = study_cells.purity_section(options)
     figures = copy_figures(task, variants, options)
     if task == LESIONS and 'settings' in results['per_level']:
       figures.append(study_analysis.per_level_figure(
@@ -315,6 +297,9 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
     _print_training_end(results, variants)
     if task == LESIONS:
       _print_extras(results)
+    else:
+      print('\nPurity: fraction of a cell with its majority label per sample')
+      print(study_cells.format_purity(results['purity'], variants))
     written[task] = results
   return written
 
@@ -352,6 +337,11 @@ _POSTERIOR_IMAGES = flags.DEFINE_integer(
 _POSTERIOR_SAMPLES = flags.DEFINE_integer(
     'posterior_samples', None, 'Posterior samples per image and grading '
     '(4; tiny 2).')
+_PURITY_IMAGES = flags.DEFINE_integer(
+    'purity_images', None, 'Images of the cells purity analysis (100; tiny 2).')
+_PURITY_EROSION = flags.DEFINE_integer(
+    'purity_erosion', _DEFAULTS.purity_erosion,
+    'Pixels eroded from each true cell in the purity analysis.')
 _PRESENCE_THRESHOLD = flags.DEFINE_float(
     'presence_threshold', _DEFAULTS.presence_threshold,
     "Covered fraction of a lesion's narrowest-style mask that counts as "
@@ -378,6 +368,8 @@ def main(argv):
       per_level_samples=_PER_LEVEL_SAMPLES.value,
       posterior_images=_POSTERIOR_IMAGES.value,
       posterior_samples=_POSTERIOR_SAMPLES.value,
+      purity_images=_PURITY_IMAGES.value,
+      purity_erosion=_PURITY_EROSION.value,
       presence_threshold=_PRESENCE_THRESHOLD.value,
       generalisation_config=_GENERALISATION_CONFIG.value,
       data_dir=_DATA_DIR.value,

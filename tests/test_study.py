@@ -152,7 +152,8 @@ def test_pool_seeds_matches_pooled_bootstrap_and_drops_nan():
 
 def test_pool_runs_keeps_the_spread_over_seeds():
   options = study_options.StudyOptions(workdir='w', num_resamples=20).resolved()
-  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0, options)
+  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0,
+                                     options)
   runs = [dict(metrics=dict(iou_rec=m, num_images=2, num_samples=4),
                per_image=dict(iou_rec=np.array([m - 0.1, m + 0.1])),
                wall_time_s=t) for m, t in ((0.5, 10.0), (0.8, 20.0))]
@@ -167,13 +168,15 @@ def test_pool_runs_keeps_the_spread_over_seeds():
 
 def test_make_config_scales_the_learning_rate_drop_and_validates():
   options = study_options.StudyOptions(workdir='w', steps=5000).resolved()
-  config = study_options.make_config(study_options.LESIONS, 'no_topk', 2, options)
+  config = study_options.make_config(study_options.LESIONS, 'no_topk', 2,
+                                     options)
   assert config.num_train_steps == 5000 and config.seed == 2
   # The config's drop at the same fraction of the run (1200 of 1500 steps).
   assert tuple(config.optimizer.boundaries) == (4000,)
   assert config.loss.top_k_fraction == 0.0
   with pytest.raises(ValueError, match='Unknown lesion_variants'):
-    study_options.StudyOptions(workdir='w', lesion_variants=('nope',)).resolved()
+    study_options.StudyOptions(workdir='w',
+                               lesion_variants=('nope',)).resolved()
 
 
 def test_seeds_per_variant_and_bad_settings():
@@ -195,10 +198,11 @@ def test_seeds_per_variant_and_bad_settings():
   # The generalisation set must be of the training data's version.
   assert study_options.data_version('many_lesions') == 'v2'
   with pytest.raises(study_options.StudySettingsError, match='lesions v1'):
-    study_options.StudyOptions(workdir='w',
-                            generalisation_config='v1_many_lesions').resolved()
+    study_options.StudyOptions(
+        workdir='w', generalisation_config='v1_many_lesions').resolved()
   with pytest.raises(study_options.StudySettingsError, match='not a synthetic'):
-    study_options.StudyOptions(workdir='w', generalisation_config='nope').resolved()
+    study_options.StudyOptions(workdir='w',
+                               generalisation_config='nope').resolved()
 
 
 def _assert_finite_entry(entry, metrics):
@@ -279,6 +283,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   assert generalisation['data_version'] == 'v2'
   assert lesions['diagnostics']['answer_entropy_nats']['mean'] > 0
   assert 'answer_entropy_nats' not in cells['diagnostics']
+  # Cells purity: the tiny HPU-Net's finest latent grid is 2x2.
+  purity = cells['purity']
+  assert purity['grid'] == 2 and purity['num_images'] == 2
+  _assert_finite_entry(purity['spunet'], ('purity', 'frac_crossing'))
+  assert 0 < purity['spunet']['purity'] <= 1
 
   # A rerun trains nothing and reproduces the results.
   def no_training(*args, **kwargs):
@@ -300,7 +309,8 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
   options = study_options.StudyOptions(
       workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=('hpunet',),
       cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
-  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0, options)
+  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0,
+                                     options)
   run_dir = study_runs.run_dir_of(options, study_options.LESIONS, 'hpunet', 0)
   # Killed: a stop request (SIGTERM's path) saves step 1 of 3 and stops.
   monkeypatch.setattr(checkpointing.StopRequest, 'requested',
