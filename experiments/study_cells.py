@@ -9,6 +9,11 @@ of pixels that carry the cell's majority label. The cells are split into
 those whose interior lies inside one square of the HPU-Net's finest latent
 grid and those that cross a square's border: a model whose labels follow the
 latent grid (a mosaic of squares) is pure inside a square and not across.
+The other failure is a merge: two touching cells that get the same label in
+every sample are one instance to the clustering. `neighbours_same_label` is
+the fraction of samples in which two touching cells' majority labels agree
+(1 / num_labels for labels drawn at random), `neighbours_always_same` the
+fraction of touching pairs that agree in every sample.
 
 Shape glossary: `S` samples, `B` images, `H, W` image size.
 """
@@ -24,7 +29,11 @@ from experiments import study_options
 from experiments import study_runs
 from experiments.study_options import CELLS, StudyOptions
 
-PURITY_KEYS = ('purity', 'purity_inside', 'purity_crossing', 'frac_crossing')
+PURITY_KEYS = ('purity', 'purity_inside', 'purity_crossing', 'frac_crossing',
+               'neighbours_same_label', 'neighbours_always_same')
+# Two cells touch if one, grown by this many pixels, overlaps the other (the
+# membranes between cells are 1-3 pixels wide).
+TOUCH_PIXELS = 3
 
 
 def latent_squares(shape: Sequence[int], grid: int) -> np.ndarray:
@@ -51,28 +60,42 @@ def cell_purity(labels: np.ndarray, instances: np.ndarray, grid: int,
     interior pixels with its majority label in that sample;
     `purity_inside` / `purity_crossing`: the same over the cells whose
     interior lies in one latent square / crosses a square's border (nan
-    where there are none); `frac_crossing`: the fraction of crossing cells.
-    Cells with no interior left after the erosion are left out (all nan if
-    none is left).
+    where there are none); `frac_crossing`: the fraction of crossing cells;
+    `neighbours_same_label`: over pairs of touching cells (`TOUCH_PIXELS`),
+    the fraction of samples in which their majority labels agree;
+    `neighbours_always_same`: the fraction of pairs that agree in all
+    samples (nan without pairs). Cells with no interior left after the
+    erosion are left out (all nan if none is left).
   """
   squares = latent_squares(instances.shape, grid)
-  purities, crossing = [], []
+  purities, crossing, majorities, grown, kept = [], [], [], [], []
   for cell in np.unique(instances[instances > 0]):
     interior = instances == cell
     if erosion:
       interior = scipy.ndimage.binary_erosion(interior, iterations=erosion)
     if not interior.any():
       continue
-    cell_labels = labels[:, interior]  # [S, P]
-    majority = np.array([np.bincount(row).max() for row in cell_labels])
-    purities.append(float(np.mean(majority / cell_labels.shape[1])))
+    counts = [np.bincount(row) for row in labels[:, interior]]  # S x [K]
+    purities.append(float(np.mean([c.max() for c in counts]) /
+                          interior.sum()))
     crossing.append(len(np.unique(squares[interior])) > 1)
+    majorities.append(np.array([c.argmax() for c in counts]))  # [S]
+    grown.append(scipy.ndimage.binary_dilation(instances == cell,
+                                               iterations=TOUCH_PIXELS))
+    kept.append(cell)
+  # [pairs, S]: whether two touching cells' majority labels agree.
+  same = np.array([majorities[i] == majorities[j]
+                   for i in range(len(kept)) for j in range(i + 1, len(kept))
+                   if (grown[i] & (instances == kept[j])).any()], bool)
   purities, crossing = np.asarray(purities), np.asarray(crossing, bool)
   mean = lambda values: float(values.mean()) if values.size else float('nan')
   return {'purity': mean(purities),
           'purity_inside': mean(purities[~crossing]),
           'purity_crossing': mean(purities[crossing]),
-          'frac_crossing': mean(crossing.astype(np.float64))}
+          'frac_crossing': mean(crossing.astype(np.float64)),
+          'neighbours_same_label': mean(same.astype(np.float64)),
+          'neighbours_always_same': mean(same.all(axis=1).astype(np.float64))
+          if same.size else float('nan')}
 
 
 def purity_per_image(model, params, examples: Sequence[Mapping[str, Any]],
@@ -118,7 +141,7 @@ def purity_section(options: StudyOptions) -> Dict[str, Any]:
       per_seed.append(study_runs.cached_run_arrays(
           options, CELLS, variant, seed,
           f'purity_{options.purity_images}x{num_samples}_g{grid}_e{erosion}'
-          '.npz', options.purity_images,
+          f'_t{TOUCH_PIXELS}.npz', options.purity_images,
           lambda run, examples, config, seed=seed, n=num_samples:
           purity_per_image(run.model, run.params, examples, num_samples=n,
                            batch_size=config.eval.batch_size, seed=seed,

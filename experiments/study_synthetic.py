@@ -46,9 +46,10 @@ ablation, cells included):
 
 Measured on the quiet 2-core AMD EPYC: the 12 lesion runs 2 h 33 min (sum
 of their `wall_time_s`; the sPU-Net's runs about 20 min each, the others
-about 10), the lesion analyses about 20 min more; the 6 cell runs (v1:
-10-17 min each) add about 1.3 h, so the study needs more than issue 12's
-2.5 h (README, "Results of the v2 study"). The issue-6 study (v1, 1000
+about 10), the 6 cell runs 1 h 7 min (7 and 15 min each), the analyses
+and generalisation evaluations about 30 min: about 4 h 10 min, more than
+issue 12's 2.5 h (README, "Results of the v2 study"); a rerun with every
+run finished, 1.5 min. The issue-6 study (v1, 1000
 steps) and its results: `results/v1/`.
 """
 import json

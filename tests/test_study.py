@@ -286,7 +286,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   # Cells purity: the tiny HPU-Net's finest latent grid is 2x2.
   purity = cells['purity']
   assert purity['grid'] == 2 and purity['num_images'] == 2
-  _assert_finite_entry(purity['spunet'], ('purity', 'frac_crossing'))
+  _assert_finite_entry(purity['spunet'], ('purity', 'frac_crossing',
+                                          'neighbours_same_label'))
   assert 0 < purity['spunet']['purity'] <= 1
 
   # A rerun trains nothing and reproduces the results.

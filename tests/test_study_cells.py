@@ -83,3 +83,27 @@ def test_no_cells_gives_nan():
 def test_negative_erosion_is_refused():
   with pytest.raises(study_options.StudySettingsError, match='purity_erosion'):
     study_options.StudyOptions(workdir='/tmp/x', purity_erosion=-1).resolved()
+
+
+def test_touching_cells_with_one_label_by_hand():
+  instances = _two_cells()
+  labels = np.stack([np.where(instances > 0, 3, 0),          # Same label.
+                     np.where(instances == 1, 3, 7),         # Different.
+                     np.where(instances > 0, 5, 0)])         # Same.
+  out = study_cells.cell_purity(labels, instances, grid=2, erosion=0)
+  np.testing.assert_allclose(out['neighbours_same_label'], 2 / 3)
+  assert out['neighbours_always_same'] == 0.0
+  same = study_cells.cell_purity(labels[[0, 2]], instances, grid=2,
+                                 erosion=0)
+  assert same['neighbours_always_same'] == 1.0
+
+
+def test_cells_far_apart_do_not_touch():
+  instances = np.zeros((8, 16), np.int32)
+  instances[:, :3] = 1
+  instances[:, 10:] = 2  # 7 membrane columns between them > TOUCH_PIXELS.
+  labels = np.ones((2, 8, 16), np.int64)
+  out = study_cells.cell_purity(labels, instances, grid=2, erosion=0)
+  assert np.isnan(out['neighbours_same_label'])
+  assert np.isnan(out['neighbours_always_same'])
+  assert out['purity'] == 1.0
