@@ -5,7 +5,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from experiments import config_checks
 from experiments import synthetic_lesions
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
-from hpunet_jax.runtime import metric_writers
 from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import workdir_lock
 from tests import helpers
