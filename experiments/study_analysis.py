@@ -13,7 +13,7 @@ Shape glossary: `S` samples, `N` lesions, `H, W` image size, `B` images.
 """
 import os
 import platform
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -142,6 +142,25 @@ def _scores(styles, present) -> Dict[str, float]:
   return {'p_style_differs': style_disagreement(styles),
           'p_presence_differs': presence_disagreement(present),
           'frac_style_undefined': float(np.mean(styles < 0))}
+
+
+def prior_labels_by_batch(model, params,
+                          examples: Sequence[Mapping[str, Any]], *,
+                          num_samples: int, batch_size: int, seed: int
+                          ) -> Iterator[Tuple[Sequence[Mapping[str, Any]],
+                                              np.ndarray]]:
+  """Yields `(batch, labels)`: `batch_size` examples at a time and the
+  argmax labels of `num_samples` prior samples of their images, int
+  `[S, B, H, W]`. The key is split once per batch from `PRNGKey(seed)`, so
+  every analysis that uses this draws the same samples for a seed."""
+  sample = jax.jit(model.sample, static_argnums=3)
+  key = jax.random.PRNGKey(seed)
+  for start in range(0, len(examples), batch_size):
+    batch = examples[start:start + batch_size]
+    images = jnp.asarray(np.stack([e['image'] for e in batch]))
+    key, batch_key = jax.random.split(key)
+    yield batch, np.asarray(jnp.argmax(
+        sample(params, batch_key, images, num_samples), axis=-1))
 
 
 def per_level_per_image(model, params, examples: Sequence[Mapping[str, Any]],

@@ -28,8 +28,6 @@ Shape glossary: `S` samples, `N` lesions, `H, W` image size, `M` modes.
 """
 from typing import Any, Dict, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from datasets.synthetic_lesions import generator
@@ -116,16 +114,11 @@ def answer_per_image(model, params, examples: Sequence[Mapping[str, Any]],
   Returns:
     `<metric>` (model) and `oracle.<metric>` -> float64 `[num_images]`.
   """
-  sample = jax.jit(model.sample, static_argnums=3)
-  key = jax.random.PRNGKey(seed)
   np_rng = np.random.default_rng(seed)
   out: Dict[str, list] = {}
-  for start in range(0, len(examples), batch_size):
-    batch = examples[start:start + batch_size]
-    images = jnp.asarray(np.stack([e['image'] for e in batch]))
-    key, batch_key = jax.random.split(key)
-    labels = np.asarray(jnp.argmax(
-        sample(params, batch_key, images, num_samples), axis=-1))  # [S,B,H,W]
+  for batch, labels in study_analysis.prior_labels_by_batch(
+      model, params, examples, num_samples=num_samples,
+      batch_size=batch_size, seed=seed):  # labels [S, B, H, W]
     for i, example in enumerate(batch):
       lesion_params = example['lesion_params']
       modes, probs = generator.enumerate_modes(lesion_params)

@@ -19,8 +19,6 @@ Shape glossary: `S` samples, `B` images, `H, W` image size.
 """
 from typing import Any, Dict, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
@@ -103,15 +101,10 @@ def purity_per_image(model, params, examples: Sequence[Mapping[str, Any]],
                      grid: int, erosion: int) -> Dict[str, np.ndarray]:
   """`PURITY_KEYS` -> float64 `[num_images]` (`cell_purity` of each image's
   prior samples; `examples` are cells eval examples with `instances`)."""
-  sample = jax.jit(model.sample, static_argnums=3)
-  key = jax.random.PRNGKey(seed)
   out = {name: [] for name in PURITY_KEYS}
-  for start in range(0, len(examples), batch_size):
-    batch = examples[start:start + batch_size]
-    images = jnp.asarray(np.stack([e['image'] for e in batch]))
-    key, batch_key = jax.random.split(key)
-    labels = np.asarray(jnp.argmax(
-        sample(params, batch_key, images, num_samples), axis=-1))  # [S,B,H,W]
+  for batch, labels in study_analysis.prior_labels_by_batch(
+      model, params, examples, num_samples=num_samples,
+      batch_size=batch_size, seed=seed):  # labels [S, B, H, W]
     for i, example in enumerate(batch):
       values = cell_purity(labels[:, i], np.asarray(example['instances']),
                            grid, erosion)
