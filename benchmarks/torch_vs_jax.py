@@ -16,6 +16,7 @@ decoders in chunks of 16). Writes `benchmarks/results/torch_vs_jax.json`.
 
   python -m benchmarks.torch_vs_jax            # full (benchmarks/README.md)
   python -m benchmarks.torch_vs_jax --quick    # tiny model, smoke run
+  python -m benchmarks.torch_vs_jax --baseline_tree /tmp/before  # + before
 
 Needs `torch` (an optional extra, benchmarks/README.md); the JAX side alone
 runs without it with `--contenders jax`.
@@ -48,6 +49,11 @@ def _extra_flags(parser):
                       help='also time torch.compile (slow to compile).')
   parser.add_argument('--cold', action='store_true',
                       help='JAX workers use an empty compilation cache.')
+  parser.add_argument('--baseline_tree', default=None,
+                      help='a checkout of an earlier commit (e.g. `git '
+                           'worktree add /tmp/before <commit>`): adds its JAX '
+                           'workers as `before:<XLA options>` contenders, for '
+                           'before/after figures from one interleaved run.')
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--task', default=None, help=argparse.SUPPRESS)
 
@@ -143,16 +149,24 @@ def worker_main(args) -> None:
     print(json.dumps({'s': time.perf_counter() - start}), flush=True)
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _start(contender, task, args, env):
+  """Starts one worker (a `before:` contender runs the baseline tree's code
+  as `jax:`) and waits until it is ready."""
+  tree, worker = _REPO, contender
+  if contender.startswith('before:'):
+    tree, worker = args.baseline_tree, 'jax:' + contender.split(':')[1]
+    env = dict(env, PYTHONPATH=tree)
   command = [sys.executable, '-m', 'benchmarks.torch_vs_jax',
-             '--worker', contender, '--task', task,
+             '--worker', worker, '--task', task,
              '--threads', str(args.threads)] + (['--quick'] if args.quick
                                                 else [])
   start = time.perf_counter()
   proc = subprocess.Popen(command, stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(
-                              os.path.abspath(__file__))))
+                          cwd=tree)
   reply = proc.stdout.readline()
   if not reply:
     raise RuntimeError(f'worker {contender} {task} died before it was ready '
@@ -168,6 +182,8 @@ def _ask(proc) -> float:
 
 def _contenders(args):
   out = []
+  if args.baseline_tree:
+    out += [f'before:{o}' for o in args.compiler_options]
   if 'jax' in args.contenders:
     out += [f'jax:{o}' for o in args.compiler_options]
   if 'torch' in args.contenders:
@@ -203,6 +219,11 @@ def main():
     worker_main(args)
     return
   args.reps = args.reps or (2 if args.quick else 5)
+  if args.baseline_tree and not os.path.isfile(os.path.join(
+      args.baseline_tree, 'benchmarks', 'torch_vs_jax.py')):
+    raise SystemExit(f'--baseline_tree {args.baseline_tree!r} is not a '
+                     'checkout of this repository (no '
+                     'benchmarks/torch_vs_jax.py in it).')
   batch_sizes = args.batch_sizes or ([2] if args.quick else [8, 32])
   sample_counts = args.num_samples or ([4] if args.quick else [16, 100])
   env = dict(os.environ, OPENBLAS_NUM_THREADS='1')
@@ -239,7 +260,17 @@ def main():
       'compilation_cache_dir': env.get('HPUNET_JAX_CACHE'),
       'compiler_options': {k: common.COMPILER_OPTIONS[k]
                            for k in args.compiler_options},
+      'baseline_tree': _baseline(args.baseline_tree),
       'torch_version': _torch_version(), 'tasks': results}, machine, args.out)
+
+
+def _baseline(tree):
+  """The baseline tree's path and commit (None without a baseline)."""
+  if not tree:
+    return None
+  commit = subprocess.run(['git', '-C', tree, 'rev-parse', 'HEAD'],
+                          capture_output=True, text=True).stdout.strip()
+  return {'path': os.path.abspath(tree), 'commit': commit or None}
 
 
 def _torch_version():

@@ -8,14 +8,21 @@ up-sampling, orthogonal weights (gain 1) and truncated-normal biases
 (stddev 0.001).
 """
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hpunet_jax import convolutions
 from hpunet_jax import partitioning
+
+# One feature map `[B, H, W, C]`, or channel parts of one standing for their
+# concatenation on the last axis (see `Conv2D.__call__`); a part may be a
+# not yet up-sampled `convolutions.Upsampled`.
+Feature = Union[jax.Array, convolutions.Upsampled]
+FeatureParts = Union[Feature, Sequence[Feature]]
 
 
 def weight_init() -> hk.initializers.Initializer:
@@ -76,63 +83,68 @@ class Conv2D(hk.Module):
     self.kernel = kernel
     self.w_init = weight_init() if w_init is None else w_init
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """`[B, H, W, C_in] -> [B, H, W, channels]`."""
-    if x.ndim != 4:
-      raise ValueError(f'{self.module_name} expects [B, H, W, C] inputs, '
-                       f'got shape {x.shape}.')
-    x = partitioning.feature_map(x)
+  def __call__(self, x: FeatureParts) -> jax.Array:
+    """`[B, H, W, C_in] -> [B, H, W, channels]`.
+
+    `x` may be a tuple of channel parts `[B, H, W, C_i]` standing for their
+    concatenation (`sum C_i = C_in`): each part is convolved with its slice
+    of the one kernel and the results summed. Same parameters and result
+    (to float32 rounding) as concatenating first, without the copy; and a
+    part that does not depend on the sampled latents (the encoder's skip
+    features) is convolved once per image when `vmap` maps the decoder
+    over samples, not once per sample.
+    """
+    parts = _as_parts(x)
+    for part in parts:
+      if part.ndim != 4:
+        raise ValueError(f'{self.module_name} expects [B, H, W, C] inputs, '
+                         f'got shape {part.shape}.')
+    in_channels = sum(part.shape[-1] for part in parts)
     w = hk.get_parameter(
-        'w', (self.kernel, self.kernel, x.shape[-1], self.channels), x.dtype,
-        init=self.w_init)
-    b = hk.get_parameter('b', (self.channels,), x.dtype, init=bias_init())
-    if self.kernel == 1:
-      y = pointwise_conv(x, w[0, 0])
-    else:
-      y = jax.lax.conv_general_dilated(
-          x, w, window_strides=(1, 1), padding='SAME',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        'w', (self.kernel, self.kernel, in_channels, self.channels),
+        parts[0].dtype, init=self.w_init)
+    b = hk.get_parameter('b', (self.channels,), parts[0].dtype,
+                         init=bias_init())
+    y, start = None, 0
+    for part in parts:
+      y_part = self._convolve(part, w[:, :, start:start + part.shape[-1]])
+      start += part.shape[-1]
+      y = y_part if y is None else y + y_part
     return partitioning.feature_map(y + b)
 
-
-# Pixels per chunk of the 1x1 weight gradient (see `_pointwise_conv_bwd`).
-_WEIGHT_GRADIENT_CHUNK = 2048
-
-
-@jax.custom_vjp
-def pointwise_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-  """1x1 convolution: `x [..., C_in] @ w [C_in, C_out] -> [..., C_out]`.
-
-  Differentiable in reverse mode only (`jax.grad`, `jax.vjp`), through its
-  own weight gradient.
-  """
-  return jnp.dot(x, w)
-
-
-def _pointwise_conv_fwd(x, w):
-  return pointwise_conv(x, w), (x, w)
+  def _convolve(self, part: Feature, w: jax.Array) -> jax.Array:
+    """One part `[B, H, W, C_i]` with its kernel slice `[k, k, C_i, O]`."""
+    if isinstance(part, convolutions.Upsampled):
+      low_res = partitioning.feature_map(part.low_res)
+      if self.kernel == 3:
+        return convolutions.conv3x3_of_upsampled(low_res, w)
+      if self.kernel == 1:
+        return resize_up(convolutions.pointwise_conv(low_res, w[0, 0]))
+      part = resize_up(low_res)
+    part = partitioning.feature_map(part)
+    if self.kernel == 1:
+      return convolutions.pointwise_conv(part, w[0, 0])
+    return jax.lax.conv_general_dilated(
+        part, w, window_strides=(1, 1), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _pointwise_conv_bwd(residuals, grad_y):
-  """Sums the weight gradient `x^T grad_y` over chunks of pixels.
-
-  XLA:CPU runs the plain `sum_pixels x^T grad_y` (a tiny output from a long
-  contraction) as one poorly parallelised product, and a 1x1 `conv` as a
-  convolution over the whole image after transposing both operands; a batch
-  of products over chunks of `_WEIGHT_GRADIENT_CHUNK` pixels, then a sum, is
-  several times faster (e.g. 5 -> 40 GFLOP/s at 128x128, 12 -> 24 channels).
-  """
-  x, w = residuals
-  grad_x = jnp.dot(grad_y, w.T)
-  num_pixels = x.size // x.shape[-1]
-  chunk = math.gcd(num_pixels, _WEIGHT_GRADIENT_CHUNK)
-  x_chunks = x.reshape(num_pixels // chunk, chunk, x.shape[-1])
-  grad_chunks = grad_y.reshape(num_pixels // chunk, chunk, grad_y.shape[-1])
-  grad_w = jnp.einsum('pni,pno->pio', x_chunks, grad_chunks).sum(axis=0)
-  return grad_x, grad_w
+def _as_parts(x: FeatureParts) -> tuple:
+  return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
+def materialise(x: Feature) -> jax.Array:
+  """The `[B, H, W, C]` array of a feature (up-samples an `Upsampled`)."""
+  if isinstance(x, convolutions.Upsampled):
+    return resize_up(x.low_res)
+  return x
+
+
+def relu(x: Feature) -> Feature:
+  """ReLU; keeps an `Upsampled` lazy (ReLU commutes with up-sampling)."""
+  if isinstance(x, convolutions.Upsampled):
+    return convolutions.Upsampled(jax.nn.relu(x.low_res))
+  return jax.nn.relu(x)
 
 
 def resize_down(x: jax.Array) -> jax.Array:
@@ -145,8 +157,7 @@ def resize_down(x: jax.Array) -> jax.Array:
 
 def resize_up(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2: `[B, H, W, C] -> [B, 2H, 2W, C]`."""
-  return partitioning.feature_map(
-      jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  return partitioning.feature_map(convolutions.upsample_nearest(x))
 
 
 def _align_corners_matrix(size: int) -> np.ndarray:
@@ -190,23 +201,28 @@ class ResBlock(hk.Module):
     self.channels = channels
     self.convs_per_block = convs_per_block
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """`[B, H, W, C_in] -> [B, H, W, channels]`."""
-    residual = jax.nn.relu(x)
+  def __call__(self, x: FeatureParts) -> jax.Array:
+    """`[B, H, W, C_in] -> [B, H, W, channels]`; `x` may be channel parts
+    (see `Conv2D.__call__`), e.g. the up-sampled decoder features and the
+    encoder's skip features of a decoder level."""
+    parts = _as_parts(x)
+    residual = tuple(relu(part) for part in parts)
     for i in range(self.convs_per_block):
       residual = conv(self.channels // 2, 3, name=f'conv3x3_{i}')(residual)
       if i < self.convs_per_block - 1:
         residual = jax.nn.relu(residual)
     residual = conv(self.channels, 1, name='conv1x1_out')(residual)
-    skip = x
-    if x.shape[-1] != self.channels:
-      skip = conv(self.channels, 1, name='skip_projection')(x)
+    if sum(part.shape[-1] for part in parts) != self.channels:
+      skip = conv(self.channels, 1, name='skip_projection')(parts)
+    else:
+      skip = jnp.concatenate([materialise(part) for part in parts], axis=-1)
     return skip + residual
 
 
-def res_stack(x: jax.Array, channels: int, num_blocks: int,
+def res_stack(x: FeatureParts, channels: int, num_blocks: int,
               convs_per_block: int, name: str) -> jax.Array:
-  """`num_blocks` res-blocks in a row, named `<name>_block<i>`."""
+  """`num_blocks` res-blocks in a row, named `<name>_block<i>`; `x` may be
+  channel parts (`Conv2D.__call__`)."""
   for i in range(num_blocks):
     x = ResBlock(channels, convs_per_block, name=f'{name}_block{i}')(x)
   return x

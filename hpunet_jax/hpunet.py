@@ -121,9 +121,17 @@ class HierarchicalProbUNet(hk.Module):
 
   def decode(self, encoding: Encoding,
              mean_levels: hierarchical_core.MeanLevels = None) -> jax.Array:
-    """One prior sample through the decoder path: logits `[B, H, W, K]`."""
-    out = self.prior.decode(encoding.features, mean_levels=mean_levels)
-    return self.stitching_decoder(encoding.features, out.decoder_features)
+    """One prior sample through the decoder path: logits `[B, H, W, K]`.
+
+    Sampling only runs forward, so the up-sampled features are convolved at
+    the low resolution (`upsample_lazily`: fewer multiply-adds, faster
+    sampling; training keeps the plain up-sampling, whose gradient is
+    faster on XLA:CPU; see benchmarks/README.md).
+    """
+    out = self.prior.decode(encoding.features, mean_levels=mean_levels,
+                            upsample_lazily=True)
+    return self.stitching_decoder(encoding.features, out.decoder_features,
+                                  upsample_lazily=True)
 
   def _teacher_forced(self, image, segmentation, posterior_mean: bool):
     features = self.prior.encode(image)

@@ -15,6 +15,7 @@ import pytest
 from benchmarks import common
 from benchmarks import metrics_speed
 from hpunet_jax import blocks
+from hpunet_jax import convolutions
 
 
 @pytest.mark.parametrize('kernel', [1, 3])
@@ -48,7 +49,7 @@ def test_pointwise_conv_gradient_with_uneven_chunks():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7, 4))
   w = jax.random.normal(jax.random.PRNGKey(1), (4, 3))
   loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
-  grads = jax.grad(loss(blocks.pointwise_conv), argnums=(0, 1))(x, w)
+  grads = jax.grad(loss(convolutions.pointwise_conv), argnums=(0, 1))(x, w)
   reference = jax.grad(loss(jnp.dot), argnums=(0, 1))(x, w)
   for a, b in zip(grads, reference):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -125,7 +125,7 @@ def test_bfloat16_convolutions_and_highest_precision_everywhere():
   assert any('bf16' in op for op in ops)
   step, state, batch = _step_and_state(config, 'float32', 'highest')
   ops = _convs_and_dots(step.lower(state, batch).as_text())
-  # Forward and backward (including blocks.pointwise_conv's custom VJP).
+  # Forward and backward (including convolutions.pointwise_conv's custom VJP).
   assert ops and all('HIGHEST' in op for op in ops), [
       op for op in ops if 'HIGHEST' not in op][:3]
 
