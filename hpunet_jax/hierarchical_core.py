@@ -94,7 +94,7 @@ class HierarchicalCore(hk.Module):
              latents: Optional[Sequence[jax.Array]] = None,
              mean_levels: MeanLevels = None,
              stop_after_last_latent: bool = False,
-             upsample_lazily: bool = False) -> CoreOutputs:
+             for_sampling: bool = False) -> CoreOutputs:
     """Runs the truncated decoder, drawing or receiving one latent per level.
 
     `z` comes, in this order of priority, from `latents` (teacher forcing),
@@ -107,9 +107,12 @@ class HierarchicalCore(hk.Module):
         key needed), or one bool per latent level, coarsest first.
       stop_after_last_latent: skip the decoder blocks after the last latent
         (the posterior never uses them).
-      upsample_lazily: convolve the up-sampled features at the low
-        resolution (`convolutions.Upsampled`); same result to float32
-        rounding, faster forward, slower gradient on XLA:CPU.
+      for_sampling: the decoder's form for sampling: a level's up-sampled
+        and skip features enter its first res-block as channel parts,
+        the up-sampled ones convolved at the low resolution
+        (`blocks.Conv2D`, `convolutions.Upsampled`). Same result to float32
+        rounding; faster forward under `vmap` over samples, while training
+        keeps the concatenation (its gradient and compile are faster).
 
     Returns:
       `CoreOutputs`.
@@ -143,9 +146,7 @@ class HierarchicalCore(hk.Module):
         x = jnp.concatenate([z, x], axis=-1)
         if stop_after_last_latent and i == num_latent - 1:
           break
-      # The up-sampled features and the skip features enter the level's
-      # first res-block as channel parts of one input (`blocks.Conv2D`).
-      x = (_upsample(x, upsample_lazily), reversed_features[level + 1])
+      x = _level_input(x, reversed_features[level + 1], for_sampling)
       x = blocks.res_stack(x, self.channels_per_level[::-1][level + 1],
                            self.blocks_per_level, self.convs_per_block,
                            name=f'decoder_level{level}')
@@ -168,19 +169,24 @@ class StitchingDecoder(hk.Module):
 
   def __call__(self, encoder_features: Sequence[jax.Array],
                decoder_features: jax.Array,
-               upsample_lazily: bool = False) -> jax.Array:
-    """Returns logits `[B, H, W, num_classes]`; `upsample_lazily` as in
+               for_sampling: bool = False) -> jax.Array:
+    """Returns logits `[B, H, W, num_classes]`; `for_sampling` as in
     `HierarchicalCore.decode`."""
     reversed_features = encoder_features[::-1]
     reversed_channels = self.channels_per_level[::-1]
     x = decoder_features
     for level in range(self.start_level, len(self.channels_per_level)):
-      x = (_upsample(x, upsample_lazily), reversed_features[level])
+      x = _level_input(x, reversed_features[level], for_sampling)
       x = blocks.res_stack(x, reversed_channels[level], self.blocks_per_level,
                            self.convs_per_block, name=f'decoder_level{level}')
     return blocks.conv(self.num_classes, 1, name='logits')(x)
 
 
-def _upsample(x: jax.Array, lazily: bool) -> blocks.Feature:
-  """Nearest-neighbour x2 of `[B, h, w, C]`, as an array or lazily."""
-  return convolutions.Upsampled(x) if lazily else blocks.resize_up(x)
+def _level_input(x: jax.Array, skip: jax.Array,
+                 for_sampling: bool) -> blocks.FeatureParts:
+  """A decoder level's input from the features below `[B, h, w, C]` and the
+  encoder's skip features `[B, 2h, 2w, C_skip]`: their concatenation after
+  up-sampling, or (for sampling) the two as lazy channel parts."""
+  if for_sampling:
+    return (convolutions.Upsampled(x), skip)
+  return jnp.concatenate([blocks.resize_up(x), skip], axis=-1)

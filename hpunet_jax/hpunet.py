@@ -123,15 +123,15 @@ class HierarchicalProbUNet(hk.Module):
              mean_levels: hierarchical_core.MeanLevels = None) -> jax.Array:
     """One prior sample through the decoder path: logits `[B, H, W, K]`.
 
-    Sampling only runs forward, so the up-sampled features are convolved at
-    the low resolution (`upsample_lazily`: fewer multiply-adds, faster
-    sampling; training keeps the plain up-sampling, whose gradient is
-    faster on XLA:CPU; see benchmarks/README.md).
+    Uses the decoder's sampling form (`for_sampling`: the skip features'
+    share of each level's first convolution is computed once per image
+    under `vmap`, the up-sampled features are convolved at the low
+    resolution; benchmarks/README.md).
     """
     out = self.prior.decode(encoding.features, mean_levels=mean_levels,
-                            upsample_lazily=True)
+                            for_sampling=True)
     return self.stitching_decoder(encoding.features, out.decoder_features,
-                                  upsample_lazily=True)
+                                  for_sampling=True)
 
   def _teacher_forced(self, image, segmentation, posterior_mean: bool):
     features = self.prior.encode(image)
