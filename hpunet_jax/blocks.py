@@ -66,7 +66,8 @@ class Conv2D(hk.Module):
   Same parameters as `hk.Conv2D` (`w [k, k, C_in, C_out]`, then
   `b [C_out]`, created in that order with the same initialisers), so
   parameters and checkpoints are interchangeable. A 1x1 kernel runs as
-  `pointwise_conv`, whose weight gradient is much faster on XLA:CPU.
+  `convolutions.pointwise_conv`, whose weight gradient is much faster on
+  XLA:CPU.
 
   Input and output go through `partitioning.feature_map`, which under
   spatial partitioning keeps a level's height split only while each device
