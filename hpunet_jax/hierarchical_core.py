@@ -111,8 +111,9 @@ class HierarchicalCore(hk.Module):
         and skip features enter its first res-block as channel parts,
         the up-sampled ones convolved at the low resolution
         (`blocks.Conv2D`, `convolutions.Upsampled`). Same result to float32
-        rounding; faster forward under `vmap` over samples, while training
-        keeps the concatenation (its gradient and compile are faster).
+        rounding; faster forward under `vmap` over samples. Training keeps
+        the concatenation: the low-resolution form's gradient measured
+        slower (benchmarks/README.md).
 
     Returns:
       `CoreOutputs`.
