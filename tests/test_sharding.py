@@ -204,7 +204,8 @@ def _mesh_equivalence_main():
 
 def test_meshes_agree_and_partition_the_height():
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+             ' --xla_force_host_platform_device_count=8',
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir
              or '')
   proc = subprocess.run(
