@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks import common
 from benchmarks import metrics_speed
+from benchmarks import profile_sampling
+from benchmarks import startup
 from hpunet_jax import blocks
 from hpunet_jax import convolutions
 
@@ -121,3 +123,50 @@ def test_write_results_records_machine(tmp_path, capsys):
     assert key in payload['machine']
   common.print_table('t', ['a', 'b'], [[1, 0.123456]])
   assert '0.123' in capsys.readouterr().out
+
+
+def test_startup_kernel_counts_read_the_hlo():
+  ynn = 'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}'
+  hlo = '\n'.join([
+      f'  %ynn_fusion.1 = f32[] fusion(%a), kind=kCustom, calls=%f1, '
+      f'metadata={{op_name="jit(step)/reduce_sum"}}, {ynn}',
+      f'  %ynn_fusion.2 = f32[] fusion(%a), kind=kCustom, calls=%f2, '
+      f'metadata={{op_name="jit(step)/hpunet/encode/reduce_sum"}}, {ynn}',
+      f'  %ynn_fusion.3 = f32[8,4]{{1,0}} fusion(%a, %w), kind=kCustom, '
+      f'calls=%f3, metadata={{op_name="jit(step)/dot_general"}}, {ynn}',
+      '  %add_fusion = f32[8,4]{1,0} fusion(%x, %y), kind=kLoop, calls=%f4',
+      '  %conv.1 = f32[2,8,8,4]{3,2,1,0} convolution(%x, %w), '
+      'window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f'])
+  assert startup.kernel_counts(hlo) == {
+      'ynn_fusions': 3, 'loop_fusions': 1, 'convolutions': 1,
+      'scalar_reductions_outside_the_model': 1}
+
+
+def test_startup_times_each_phase_and_no_ynn_has_no_ynnpack_kernels():
+  config = common.experiment_config('lidc', tiny=True)
+  with pytest.raises(ValueError, match=r"Unknown variants \['bogus'\]"):
+    startup.measure(config, ['bogus'])
+  results = startup.measure(config, ['no_ynn'], num_steps=1)
+  assert results['init_s'] > 0 and results['lower_s'] > 0
+  variant = results['variants']['no_ynn']
+  assert variant['kernels']['ynn_fusions'] == 0
+  assert variant['kernels']['convolutions'] > 0
+  assert len(variant['step_runs_s']) == 2
+  for key in ('compile_empty_cache_s', 'load_from_cache_s', 'first_step_s',
+              'step_median_s'):
+    assert variant[key] > 0, key
+
+
+def test_profile_sampling_sums_kernel_events_by_kind():
+  events = [
+      {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 2e6},
+      {'ph': 'X', 'name': 'maximum_bitcast_fusion.12', 'dur': 1e6},
+      {'ph': 'X', 'name': 'conv_general_dilated.7', 'dur': 5e5},
+      {'ph': 'X', 'name': 'wrapped_reverse', 'dur': 1e5},
+      {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9e6},
+      {'ph': 'X', 'name': 'end: ynn_fusion', 'dur': 9e6},
+      {'ph': 'X', 'name': '$profiler.py:307 trace', 'dur': 9e6},
+      {'ph': 'i', 'name': 'ynn_fusion.4'}]
+  assert profile_sampling.kernel_seconds(events) == pytest.approx({
+      'ynnpack_fusions': 2.0, 'loop_fusions': 1.0, 'convolution_events': 0.5,
+      'other': 0.1})

@@ -1,0 +1,107 @@
+"""Where sampling's time goes: XLA:CPU kernel time by kind, from a trace.
+
+  python -m benchmarks.profile_sampling [--quick] [--num_samples 100]
+
+Compiles `model.sample` of the LIDC HPU-Net for one 128x128 image (as
+`benchmarks.sampling` does, with the evaluator's `eigen_conv` option), runs it
+once, then traces `--calls` calls with `jax.profiler` (XLA's per-kernel trace
+events on) and sums the kernels' durations by kind: YNNPACK fusions (the 1x1
+convolutions, as dots), XLA loop fusions (bias, ReLU, residual sums,
+up-sampling), and convolutions. XLA:CPU runs a convolution on Eigen's thread
+pool and ends its event when the work is handed over, so convolution time is
+read as the rest: the calls' wall time minus the other kernels.
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Dict
+
+import jax
+
+from benchmarks import common
+from hpunet_jax import models
+
+NAME = 'profile_sampling'
+# Trace event names (without their `.N` suffix) -> kind.
+_KINDS = (('ynn_fusion', 'ynnpack_fusions'), ('conv', 'convolution_events'),
+          ('fusion', 'loop_fusions'))
+
+
+def kernel_seconds(trace_events) -> Dict[str, float]:
+  """Sums complete (`ph == 'X'`) kernel events by kind, in seconds."""
+  totals = collections.Counter()
+  for event in trace_events:
+    if event.get('ph') != 'X' or 'dur' not in event:
+      continue
+    name = re.sub(r'\.\d+$', '', event['name'])
+    if name.startswith(('ThunkExecutor', '$', 'Pjit', 'Common', 'Handle',
+                        'end: ')):
+      continue  # Host-side bookkeeping and Python frames.
+    kind = next((k for prefix, k in _KINDS if prefix in name), 'other')
+    totals[kind] += event['dur'] / 1e6
+  return dict(totals)
+
+
+def _extra_flags(parser):
+  parser.add_argument('--num_samples', type=int, default=None,
+                      help='samples per call (default 100; quick 8).')
+  parser.add_argument('--calls', type=int, default=2,
+                      help='traced calls (default 2).')
+
+
+def main():
+  # XLA's per-kernel trace events; read when the backend starts, below.
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_cpu_enable_xprof_traceme=true').strip()
+  args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
+  num_samples = args.num_samples or (8 if args.quick else 100)
+  common.enable_compilation_cache()
+  machine = common.machine_info()
+  config = common.experiment_config('lidc', tiny=args.quick)
+  config.batch_size = 1
+  model = models.make_model(config.model_type, config.model.to_dict())
+  batch = common.synthetic_batch(config)
+  params = model.init(jax.random.PRNGKey(0), batch['image'],
+                      batch['segmentation'])
+  rng = jax.random.PRNGKey(1)
+  sample = common.compile_with(jax.jit(model.sample, static_argnums=3),
+                               (params, rng, batch['image'], num_samples),
+                               'eigen_conv')
+  sample(params, rng, batch['image']).block_until_ready()
+  trace_dir = tempfile.mkdtemp(prefix='trace_sampling_')
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    start = time.perf_counter()
+    for _ in range(args.calls):
+      sample(params, rng, batch['image']).block_until_ready()
+    wall_s = (time.perf_counter() - start) / args.calls
+  path, = glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*',
+                                 'perfetto_trace.json.gz'))
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  per_call = {k: v / args.calls for k, v in kernel_seconds(events).items()}
+  # The hand-over events are part of the convolutions' share, not added.
+  hand_over_s = per_call.pop('convolution_events', 0.0)
+  per_call['convolutions'] = wall_s - sum(per_call.values())
+  results = {'num_samples': num_samples, 'image_size': list(config.image_size),
+             'calls': args.calls, 'wall_s_per_call': wall_s,
+             'kernel_s_per_call': per_call,
+             'convolution_hand_over_events_s_per_call': hand_over_s,
+             'trace': path}
+  common.print_table(
+      f'{num_samples} samples of one {config.image_size[0]}x'
+      f'{config.image_size[1]} image under the profiler: '
+      f'{wall_s:.2f} s a call',
+      ['kind', 's per call', 'share'],
+      [[k, v, f'{100 * v / wall_s:.0f} %'] for k, v in sorted(
+          per_call.items(), key=lambda kv: -kv[1])])
+  common.write_results(NAME, results, machine, args.out)
+
+
+if __name__ == '__main__':
+  main()
