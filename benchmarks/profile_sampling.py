@@ -9,7 +9,8 @@ events on) and sums the kernels' durations by kind: YNNPACK fusions (the 1x1
 convolutions, as dots), XLA loop fusions (bias, ReLU, residual sums,
 up-sampling), and convolutions. XLA:CPU runs a convolution on Eigen's thread
 pool and ends its event when the work is handed over, so convolution time is
-read as the rest: the calls' wall time minus the other kernels.
+read as the rest: the calls' wall time minus the other kernels. The shared
+`--compiler_options` flag is not used (always `eigen_conv`).
 """
 import collections
 import glob

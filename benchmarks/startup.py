@@ -16,9 +16,12 @@ operations XLA:CPU hands to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`):
   dot_only    YNNPACK runs dots only; reductions become XLA loop kernels.
   no_ynn      no YNNPACK kernels at all.
 
-XLA:CPU only (the options are CPU compile options). The variants measure a trade that `benchmarks/README.md` ("Time to the first
-step") describes: each YNNPACK kernel costs time when the cached executable is
-loaded, each XLA loop kernel costs LLVM time when it is compiled.
+XLA:CPU only (the options are CPU compile options); `--variants` picks them
+(the shared `--compiler_options` flag is not used here). The variants measure
+a trade that `benchmarks/README.md` ("Where the first step's and sampling's
+time goes") describes: each YNNPACK kernel costs time when the cached
+executable is loaded, each XLA loop kernel costs LLVM time when it is
+compiled.
 """
 import collections
 import re
