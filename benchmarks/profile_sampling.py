@@ -25,7 +25,7 @@ from typing import Dict
 import jax
 
 from benchmarks import common
-from hpunet_jax import models
+from benchmarks import sampling
 
 NAME = 'profile_sampling'
 # Trace event names (without their `.N` suffix) -> kind.
@@ -63,22 +63,17 @@ def main():
   num_samples = args.num_samples or (8 if args.quick else 100)
   common.enable_compilation_cache()
   machine = common.machine_info()
-  config = common.experiment_config('lidc', tiny=args.quick)
-  config.batch_size = 1
-  model = models.make_model(config.model_type, config.model.to_dict())
-  batch = common.synthetic_batch(config)
-  params = model.init(jax.random.PRNGKey(0), batch['image'],
-                      batch['segmentation'])
+  config, model, params, image = sampling.one_image_setup(args.quick)
   rng = jax.random.PRNGKey(1)
   sample = common.compile_with(jax.jit(model.sample, static_argnums=3),
-                               (params, rng, batch['image'], num_samples),
+                               (params, rng, image, num_samples),
                                'eigen_conv')
-  sample(params, rng, batch['image']).block_until_ready()
+  sample(params, rng, image).block_until_ready()
   trace_dir = tempfile.mkdtemp(prefix='trace_sampling_')
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     start = time.perf_counter()
     for _ in range(args.calls):
-      sample(params, rng, batch['image']).block_until_ready()
+      sample(params, rng, image).block_until_ready()
     wall_s = (time.perf_counter() - start) / args.calls
   path, = glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*',
                                  'perfetto_trace.json.gz'))

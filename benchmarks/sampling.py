@@ -29,18 +29,26 @@ def _extra_flags(parser):
                       help='timed calls per measurement (default 3, quick 2).')
 
 
+def one_image_setup(quick: bool):
+  """The LIDC HPU-Net (its tiny config if `quick`), one synthetic image
+  `[1, H, W, 1]` and the model's random initial parameters (the cost does not
+  depend on their values): `(config, model, params, image)`."""
+  config = common.experiment_config('lidc', tiny=quick)
+  config.batch_size = 1
+  model = models.make_model(config.model_type, config.model.to_dict())
+  batch = common.synthetic_batch(config)
+  params = model.init(jax.random.PRNGKey(0), batch['image'],
+                      batch['segmentation'])
+  return config, model, params, batch['image']
+
+
 def main():
   args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
   num_runs = args.runs or (2 if args.quick else 3)
   sample_counts = args.num_samples or ([4, 8] if args.quick else [16, 100])
   common.enable_compilation_cache()
   machine = common.machine_info()
-  config = common.experiment_config('lidc', tiny=args.quick)
-  config.batch_size = 1
-  model = models.make_model(config.model_type, config.model.to_dict())
-  batch = common.synthetic_batch(config)
-  image = batch['image']
-  params = model.init(jax.random.PRNGKey(0), image, batch['segmentation'])
+  config, model, params, image = one_image_setup(args.quick)
   rng = jax.random.PRNGKey(1)
   keys = list(jax.random.split(rng, max(sample_counts)))
 
