@@ -22,6 +22,7 @@ import jaxlib
 import numpy as np
 
 from experiments import study_analysis
+from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import xla_options
 
 
@@ -50,15 +51,20 @@ COMPILER_OPTIONS = {
 }
 
 
-def parse_args(description: str, extra: Optional[Callable] = None
-               ) -> argparse.Namespace:
+def parse_args(description: str, extra: Optional[Callable] = None,
+               retain_freed_memory: bool = True) -> argparse.Namespace:
   """`--quick` (a fast smoke run), `--out` (results path) and
   `--compiler_options` (which `COMPILER_OPTIONS` to compare) for every script.
 
   Args:
     description: the script's one-line description.
     extra: optional `fn(parser)` adding script-specific flags.
+    retain_freed_memory: apply the trainer's glibc malloc settings
+      (`hpunet_jax.runtime.host_memory`) first, so the benchmarks time what
+      the entry points run. `torch_vs_jax` decides per worker instead.
   """
+  if retain_freed_memory:
+    host_memory.retain_freed_memory()
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--quick', action='store_true',
                       help='small sizes and few repeats: a smoke run.')
@@ -91,6 +97,7 @@ def machine_info() -> Dict[str, Any]:
       'num_devices': jax.device_count(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS', ''),
+      'host_memory_reuse': host_memory.current_setting(),
       'load_average_1_5_15': [round(x, 2) for x in os.getloadavg()],
       'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),

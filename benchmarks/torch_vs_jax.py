@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from hpunet_jax.runtime import host_memory
+
 NAME = 'torch_vs_jax'
 
 
@@ -47,6 +49,10 @@ def _extra_flags(parser):
                       choices=['jax', 'torch'])
   parser.add_argument('--torch_compile', action='store_true',
                       help='also time torch.compile (slow to compile).')
+  parser.add_argument('--torch_retain_memory', action='store_true',
+                      help='also time torch eager with the glibc malloc '
+                           "settings our entry points use (`torch:"
+                           "eager_retain`; hpunet_jax/runtime/host_memory.py).")
   parser.add_argument('--cold', action='store_true',
                       help='JAX workers use an empty compilation cache.')
   parser.add_argument('--baseline_tree', default=None,
@@ -121,7 +127,7 @@ def _torch_worker(mode: str, kind: str, size: int, quick: bool,
         net, config.loss.to_dict(), train_step.BENCHMARK_LEARNING_RATE,
         config.optimizer.b1, config.optimizer.b2, config.optimizer.eps)
     if mode == 'compile':
-      step = torch.compile(step)
+      step = torch.compile(step)  # 'eager' and 'eager_retain' stay eager.
     return lambda: step(image, segmentation), num_params
   sample = net.sample
   if mode == 'compile':
@@ -130,9 +136,16 @@ def _torch_worker(mode: str, kind: str, size: int, quick: bool,
 
 
 def worker_main(args) -> None:
-  """Builds one contender, warms it up, then times a call per 'run' line."""
+  """Builds one contender, warms it up, then times a call per 'run' line.
+
+  JAX workers reuse freed memory as the trainer and evaluator do
+  (`host_memory.retain_freed_memory`); torch workers keep glibc's defaults,
+  as a PyTorch user gets them, except `torch:eager_retain`.
+  """
   framework, mode = args.worker.split(':')
   kind, size = args.task.split(':')
+  if framework == 'jax' or mode.endswith('_retain'):
+    host_memory.retain_freed_memory()  # Before the framework computes.
   _pin(args.threads)
   if framework == 'jax':
     call, num_params = _jax_worker(mode, kind, int(size), args.quick)
@@ -140,7 +153,9 @@ def worker_main(args) -> None:
     call, num_params = _torch_worker(mode, kind, int(size), args.quick,
                                      args.threads)
   call()  # Warm-up (the first step).
-  print(json.dumps({'ready': True, 'num_params': int(num_params)}), flush=True)
+  print(json.dumps({'ready': True, 'num_params': int(num_params),
+                    'host_memory_reuse': host_memory.current_setting()}),
+        flush=True)
   for line in sys.stdin:
     if line.strip() != 'run':
       break
@@ -188,6 +203,7 @@ def _contenders(args):
     out += [f'jax:{o}' for o in args.compiler_options]
   if 'torch' in args.contenders:
     out += ['torch:eager'] + (['torch:compile'] if args.torch_compile else [])
+    out += ['torch:eager_retain'] if args.torch_retain_memory else []
   return out
 
 
@@ -213,7 +229,8 @@ def run_task(task, contenders, args, env):
 
 def main():
   from benchmarks import common  # pylint: disable=g-import-not-at-top
-  args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
+  args = common.parse_args(__doc__.splitlines()[0], _extra_flags,
+                           retain_freed_memory=False)
   args.threads = args.threads or len(os.sched_getaffinity(0))
   if args.worker:
     worker_main(args)

@@ -35,6 +35,7 @@ from ml_collections import config_flags
 from experiments import config_checks
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import workdir_lock
 from hpunet_jax.runtime import quiet_logs
 
@@ -76,12 +77,15 @@ def _enable_compilation_cache(cache_dir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before JAX computes anything: each step reuses the last one's memory.
+  memory_setting = host_memory.retain_freed_memory()
   config = _CONFIG.value
   quiet_logs.quiet_libraries()  # Orbax's per-save INFO lines, TFDS's.
   _maybe_initialize_distributed()
   _enable_compilation_cache(config.compilation_cache_dir)
-  logging.info('Process %d/%d, devices: %s', jax.process_index(),
-               jax.process_count(), jax.devices())
+  logging.info('Process %d/%d, devices: %s; host memory reuse: %s',
+               jax.process_index(), jax.process_count(), jax.devices(),
+               memory_setting)
   try:
     train_lib.train_and_evaluate(config, _WORKDIR.value)
   except (workdir_lock.WorkdirError, checkpointing.CheckpointError,

@@ -74,20 +74,25 @@ def test_train_step_lowers_the_loss_and_samples_have_the_shape():
       config.image_size)
 
 
-def test_quick_side_by_side_writes_both_contenders(tmp_path):
+def test_quick_side_by_side_writes_every_contender(tmp_path):
   out = tmp_path / 'torch_vs_jax.json'
   subprocess.run(
       [sys.executable, '-m', 'benchmarks.torch_vs_jax', '--quick', '--reps',
-       '1', '--compiler_options', 'default', '--out', str(out)],
+       '1', '--compiler_options', 'default', '--torch_retain_memory',
+       '--out', str(out)],
       check=True, cwd=_REPO, timeout=600)
   results = json.loads(out.read_text())
   assert results['machine']['cpu_model']
   for task in ('train:2', 'sample:4'):
     stats = results['results']['tasks'][task]
-    assert set(stats) == {'jax:default', 'torch:eager'}
+    assert set(stats) == {'jax:default', 'torch:eager', 'torch:eager_retain'}
     assert stats['jax:default']['num_params'] == (
         stats['torch:eager']['num_params'])
     assert all(s['median_s'] > 0 and s['ready_s'] > 0 for s in stats.values())
+    # JAX as the entry points run it; stock torch keeps glibc's defaults.
+    memory = {c: s['host_memory_reuse'] for c, s in stats.items()}
+    assert memory['torch:eager_retain'] == memory['jax:default']
+    assert memory['torch:eager'].startswith('glibc defaults')
 
 
 def test_same_logits_as_jax_with_the_same_parameters(monkeypatch):
