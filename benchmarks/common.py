@@ -52,7 +52,7 @@ COMPILER_OPTIONS = {
 
 
 def parse_args(description: str, extra: Optional[Callable] = None,
-               retain_freed_memory: bool = True) -> argparse.Namespace:
+               retain_freed_memory: bool = False) -> argparse.Namespace:
   """`--quick` (a fast smoke run), `--out` (results path) and
   `--compiler_options` (which `COMPILER_OPTIONS` to compare) for every script.
 
@@ -60,8 +60,10 @@ def parse_args(description: str, extra: Optional[Callable] = None,
     description: the script's one-line description.
     extra: optional `fn(parser)` adding script-specific flags.
     retain_freed_memory: apply the trainer's glibc malloc settings
-      (`hpunet_jax.runtime.host_memory`) first, so the benchmarks time what
-      the entry points run. `torch_vs_jax` decides per worker instead.
+      (`hpunet_jax.runtime.host_memory`) first, as the train-step benchmarks
+      do, so that they time what `experiments.train` runs. The sampling and
+      metric benchmarks keep glibc's defaults, as `eval.run_metrics` does;
+      `torch_vs_jax` decides per worker.
   """
   if retain_freed_memory:
     host_memory.retain_freed_memory()

@@ -49,7 +49,8 @@ def high_water_rss_mib() -> float:
 
 
 def main():
-  args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
+  args = common.parse_args(__doc__.splitlines()[0], _extra_flags,
+                           retain_freed_memory=True)  # As the trainer.
   common.enable_compilation_cache()
   machine = common.machine_info()
   results, rows = [], []

@@ -134,7 +134,8 @@ def _extra_flags(parser):
 
 
 def main():
-  args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
+  args = common.parse_args(__doc__.splitlines()[0], _extra_flags,
+                           retain_freed_memory=True)  # As the trainer.
   # A fresh cache: the first compile of each variant is a real miss.
   cache = tempfile.mkdtemp(prefix='jax_cache_startup_')
   jax.config.update('jax_compilation_cache_dir', cache)

@@ -208,7 +208,6 @@ class GecoLoss(nn.Module):
 def reconstruction_loss(logits, segmentation, top_k_fraction: float):
   """Stochastic top-k cross-entropy: `(rec_sum, num_pixels)`."""
   xe = F.cross_entropy(logits, segmentation, reduction='none')  # [B, H, W]
-  batch = xe.shape[0]
   flat = xe.detach().flatten()
   k = max(1, int(flat.numel() * top_k_fraction))
   uniform = torch.rand_like(flat)

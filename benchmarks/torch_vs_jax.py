@@ -138,13 +138,14 @@ def _torch_worker(mode: str, kind: str, size: int, quick: bool,
 def worker_main(args) -> None:
   """Builds one contender, warms it up, then times a call per 'run' line.
 
-  JAX workers reuse freed memory as the trainer and evaluator do
-  (`host_memory.retain_freed_memory`); torch workers keep glibc's defaults,
-  as a PyTorch user gets them, except `torch:eager_retain`.
+  JAX train workers reuse freed memory as `experiments.train` does
+  (`host_memory.retain_freed_memory`); JAX samplers keep glibc's defaults, as
+  `eval.run_metrics` does; torch workers keep them too, as a PyTorch user
+  gets them, except `torch:eager_retain`.
   """
   framework, mode = args.worker.split(':')
   kind, size = args.task.split(':')
-  if framework == 'jax' or mode.endswith('_retain'):
+  if (framework == 'jax' and kind == 'train') or mode.endswith('_retain'):
     host_memory.retain_freed_memory()  # Before the framework computes.
   _pin(args.threads)
   if framework == 'jax':

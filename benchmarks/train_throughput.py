@@ -43,7 +43,8 @@ def time_augmentation(config, batch, num_runs: int) -> common.Timing:
 
 
 def main():
-  args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
+  args = common.parse_args(__doc__.splitlines()[0], _extra_flags,
+                           retain_freed_memory=True)  # As the trainer.
   num_runs = args.runs or (2 if args.quick else 5)
   common.enable_compilation_cache()
   machine = common.machine_info()

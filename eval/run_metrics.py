@@ -26,7 +26,6 @@ from eval import evaluator
 from eval import outputs
 from eval import restore
 from hpunet_jax.runtime import checkpointing
-from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,7 +59,6 @@ _GED_SELF_PAIRS = flags.DEFINE_bool(
 
 def main(argv):
   del argv
-  host_memory.retain_freed_memory()  # Before JAX computes anything.
   quiet_logs.quiet_libraries()
   try:
     run = restore.restore_latest(_WORKDIR.value, _CONFIG.value)

@@ -46,7 +46,6 @@ from eval import restore
 from experiments import output_folder
 from experiments import prediction_outputs
 from hpunet_jax.runtime import checkpointing
-from hpunet_jax.runtime import host_memory
 
 class ImageError(ValueError):
   """The input image cannot be read or does not fit the model."""
@@ -255,7 +254,6 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_memory.retain_freed_memory()  # Before JAX computes anything.
   values = flags.FLAGS
   try:
     predict(values.workdir, values.image, values.num_samples, values.out,

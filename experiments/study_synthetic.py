@@ -76,7 +76,6 @@ from experiments import study_posterior
 from experiments import study_options
 from experiments import study_runs
 from experiments.study_options import CELLS, LESIONS, StudyOptions
-from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import quiet_logs
 
 # Table 1/2 columns first; other metrics follow.
@@ -358,7 +357,6 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_memory.retain_freed_memory()  # Before JAX computes anything.
   quiet_logs.quiet_libraries()  # Orbax's per-save INFO lines, TFDS's.
   options = StudyOptions(
       workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,

@@ -89,10 +89,14 @@ def test_quick_side_by_side_writes_every_contender(tmp_path):
     assert stats['jax:default']['num_params'] == (
         stats['torch:eager']['num_params'])
     assert all(s['median_s'] > 0 and s['ready_s'] > 0 for s in stats.values())
-    # JAX as the entry points run it; stock torch keeps glibc's defaults.
+    # JAX as the entry points run it: the trainer reuses freed memory, the
+    # evaluator's sampler does not; stock torch keeps glibc's defaults.
     memory = {c: s['host_memory_reuse'] for c, s in stats.items()}
-    assert memory['torch:eager_retain'] == memory['jax:default']
     assert memory['torch:eager'].startswith('glibc defaults')
+    if task.startswith('train'):
+      assert memory['jax:default'] == memory['torch:eager_retain']
+    else:
+      assert memory['jax:default'].startswith('glibc defaults')
 
 
 def test_same_logits_as_jax_with_the_same_parameters(monkeypatch):
