@@ -51,7 +51,7 @@ def _extra_flags(parser):
                       help='also time torch.compile (slow to compile).')
   parser.add_argument('--torch_retain_memory', action='store_true',
                       help='also time torch eager with the glibc malloc '
-                           "settings our entry points use (`torch:"
+                           "settings experiments.train uses (`torch:"
                            "eager_retain`; hpunet_jax/runtime/host_memory.py).")
   parser.add_argument('--cold', action='store_true',
                       help='JAX workers use an empty compilation cache.')

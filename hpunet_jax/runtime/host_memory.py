@@ -5,7 +5,8 @@ at batch 8) and Eigen's convolution packing buffers afresh on every call.
 glibc's defaults hand such memory back to the kernel when it is freed: blocks
 over the mmap threshold are unmapped, and each worker thread's 64 MiB heap is
 unmapped once empty. So every step faults its memory back in, a zeroed page
-at a time (about 95,000 page faults a second in the LIDC train step on a 2-core CPU).
+at a time (about 95,000 page faults a second in the LIDC train step on a
+2-core CPU).
 `retain_freed_memory` makes glibc keep freed memory mapped for the next step:
 one arena for all threads, no mmap for large blocks, no trimming. The price is
 that the process keeps its peak memory until it exits, which a trainer reaches
