@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from experiments import study_analysis
 from hpunet_jax.runtime import host_memory
+from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import xla_options
 
 
@@ -86,7 +86,7 @@ def machine_info() -> Dict[str, Any]:
   """CPU model, cores, memory, JAX versions, backend and the current load."""
   device = jax.devices()[0]
   return {
-      'cpu_model': study_analysis.cpu_model(),
+      'cpu_model': machine.cpu_model(),
       'num_cores': os.cpu_count(),
       'usable_cores': len(os.sched_getaffinity(0)),
       'memory_gib': round(os.sysconf('SC_PAGE_SIZE') *

@@ -1,6 +1,6 @@
 """Scores of the synthetic-lesions oracle: gradings drawn from the enumerated
 answer distribution, scored exactly as the evaluator scores a model's samples
-(`eval.task_scores`). Used by `experiments/lesions_oracle_scores.py`."""
+(`eval.task_scores`). Used by `experiments/study/oracle_scores.py`."""
 import numpy as np
 
 from datasets import pipeline

@@ -14,20 +14,20 @@ from hpunet_jax.runtime import quiet_logs
 from hpunet_jax import models
 
 
-# sPU-Net fields that configs saved before commit bd3e65b lack, with the values
+# sPU-Net fields that configs saved before the fields existed lack, with the values
 # that reproduce the code that wrote them: orthogonal kernels (blocks.conv's)
 # and nearest-neighbour up-sampling (blocks.resize_up).
-SPUNET_FIELDS_BEFORE_BD3E65B = {'weight_init': 'orthogonal',
+SPUNET_LEGACY_FIELDS = {'weight_init': 'orthogonal',
                                 'up_sampling': 'nearest'}
 
 
 def fill_old_spunet_fields(config: ml_collections.ConfigDict,
                            source: str) -> None:
-  """Adds `SPUNET_FIELDS_BEFORE_BD3E65B` missing from an sPU-Net `config`
+  """Adds `SPUNET_LEGACY_FIELDS` missing from an sPU-Net `config`
   (in place), with one log line naming `source` (the checkpoint)."""
   if config.get('model_type') != 'spunet':
     return
-  missing = {key: value for key, value in SPUNET_FIELDS_BEFORE_BD3E65B.items()
+  missing = {key: value for key, value in SPUNET_LEGACY_FIELDS.items()
              if key not in config.model}
   if not missing:
     return
@@ -54,7 +54,7 @@ def restore_latest(workdir: str,
   Args:
     workdir: the training run's directory (holds `checkpoints/`).
     config: the run's config; None = the config saved with the checkpoint
-      (an sPU-Net's saved before commit bd3e65b gets the fields it lacks,
+      (an sPU-Net's saved before those fields existed gets the fields it lacks,
       `fill_old_spunet_fields`).
     step: which checkpoint; None = the newest.
 

@@ -13,12 +13,12 @@ from tests.test_model import TINY_SPUNET
 
 
 def _old_spunet_run(workdir):
-  """A checkpoint of an sPU-Net whose saved config (as before commit bd3e65b)
-  has no model.weight_init / model.up_sampling; returns its params."""
+  """A checkpoint of an sPU-Net whose saved config predates, and so lacks,
+  model.weight_init and model.up_sampling; returns its params."""
   old_fields = {k: v for k, v in TINY_SPUNET.items()
-                if k not in restore.SPUNET_FIELDS_BEFORE_BD3E65B}
+                if k not in restore.SPUNET_LEGACY_FIELDS}
   model = models.make_model(
-      'spunet', dict(old_fields, **restore.SPUNET_FIELDS_BEFORE_BD3E65B))
+      'spunet', dict(old_fields, **restore.SPUNET_LEGACY_FIELDS))
   image = np.zeros((1, 16, 16, 1), np.float32)
   params = model.init(jax.random.PRNGKey(0), image,
                       np.zeros((1, 16, 16), np.int32))

@@ -13,10 +13,10 @@ from eval import bootstrap
 from eval import evaluator
 from eval import outputs
 from eval import restore
-from experiments import study_analysis
-from experiments import study_options
-from experiments import study_runs
-from experiments import study_synthetic
+from experiments.study import analysis as study_analysis
+from experiments.study import options as study_options
+from experiments.study import runs as study_runs
+from experiments.study import synthetic as study_synthetic
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import run_record
 

@@ -1,4 +1,4 @@
-"""The answer decomposition of the study (`experiments/study_answer.py`)."""
+"""The answer decomposition of the study (`experiments/study/answer.py`)."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,7 @@ from datasets.synthetic_lesions import generator
 from datasets.synthetic_lesions import generator_v2
 from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
 from eval import metrics
-from experiments import study_answer
+from experiments.study import answer as study_answer
 
 
 def _v2_params(index=0):

@@ -1,9 +1,9 @@
-"""Tests of the cells purity analysis (`experiments/study_cells.py`)."""
+"""Tests of the cells purity analysis (`experiments/study/cells.py`)."""
 import numpy as np
 import pytest
 
-from experiments import study_cells
-from experiments import study_options
+from experiments.study import cells as study_cells
+from experiments.study import options as study_options
 
 
 def _two_cells():

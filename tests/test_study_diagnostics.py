@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from datasets.synthetic_lesions import generator
-from experiments import study_diagnostics
+from experiments.study import diagnostics as study_diagnostics
 
 
 def test_training_end_averages_the_last_training_rows(tmp_path):

@@ -1,4 +1,4 @@
-"""The study's posterior analysis (`experiments/study_posterior.py`)."""
+"""The study's posterior analysis (`experiments/study/posterior.py`)."""
 import math
 import types
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import study_posterior
+from experiments.study import posterior as study_posterior
 from hpunet_jax import distributions
 from hpunet_jax import hpunet
 

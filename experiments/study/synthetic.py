@@ -1,6 +1,6 @@
 r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
 
-  python -m experiments.study_synthetic --workdir=/tmp/study \
+  python -m experiments.study.synthetic --workdir=/tmp/study \
       [--seeds=3] [--ablation_seeds=2] [--steps=N] [--variants=...] [--tiny]
 
 1. Trains and evaluates every variant of `experiments/synthetic_lesions.py`
@@ -41,7 +41,7 @@ r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
 The v2 study of issue 12 (3 seeds of hpunet and spunet, 2 of each
 ablation, cells included):
 
-  python -m experiments.study_synthetic --workdir=/tmp/study_v2 \
+  python -m experiments.study.synthetic --workdir=/tmp/study_v2 \
       --seeds=3 --ablation_seeds=2 --results_dir=results
 
 Measured on the quiet 2-core AMD EPYC: the 12 lesion runs 2 h 33 min (sum
@@ -68,14 +68,15 @@ import jax
 from eval import evaluator
 from eval import outputs
 from eval import restore
-from experiments import study_analysis
-from experiments import study_answer
-from experiments import study_cells
-from experiments import study_diagnostics
-from experiments import study_posterior
-from experiments import study_options
-from experiments import study_runs
-from experiments.study_options import CELLS, LESIONS, StudyOptions
+from experiments.study import analysis as study_analysis
+from experiments.study import answer as study_answer
+from experiments.study import cells as study_cells
+from experiments.study import diagnostics as study_diagnostics
+from experiments.study import posterior as study_posterior
+from experiments.study import options as study_options
+from experiments.study import runs as study_runs
+from experiments.study.options import CELLS, LESIONS, StudyOptions
+from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import quiet_logs
 
 # Table 1/2 columns first; other metrics follow.
@@ -261,7 +262,7 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
   """
   options = options.resolved()
   common = {'command': options.command,
-            'machine': study_analysis.machine_info(), 'tiny': options.tiny}
+            'machine': machine.machine_info(), 'tiny': options.tiny}
   written = {}
   for task, variants, columns in (
       (LESIONS, options.lesion_variants, LESION_COLUMNS),
@@ -374,7 +375,7 @@ def main(argv):
       presence_threshold=_PRESENCE_THRESHOLD.value,
       generalisation_config=_GENERALISATION_CONFIG.value,
       data_dir=_DATA_DIR.value,
-      command=' '.join(['python -m experiments.study_synthetic'] +
+      command=' '.join(['python -m experiments.study.synthetic'] +
                        sys.argv[1:]))
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(
       os.path.join('~', '.cache', 'hpunet_jax', 'jax')))

@@ -32,10 +32,10 @@ import numpy as np
 
 from datasets.synthetic_lesions import generator
 from eval import metrics
-from experiments import study_analysis
-from experiments import study_options
-from experiments import study_runs
-from experiments.study_options import LESIONS, StudyOptions
+from experiments.study import analysis as study_analysis
+from experiments.study import options as study_options
+from experiments.study import runs as study_runs
+from experiments.study.options import LESIONS, StudyOptions
 
 
 def snapped_gradings(styles: np.ndarray, present: np.ndarray,

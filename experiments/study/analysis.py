@@ -1,4 +1,4 @@
-"""Analyses of the synthetic study (`experiments/study_synthetic.py`).
+"""Analyses of the synthetic study (`experiments/study/synthetic.py`).
 
 * Pooling over seeds: per-image metric values of several trained seeds are
   summarised with `eval.bootstrap.pooled_bootstrap` (paper Table 1: "mean and
@@ -11,8 +11,6 @@
 
 Shape glossary: `S` samples, `N` lesions, `H, W` image size, `B` images.
 """
-import os
-import platform
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import jax
@@ -257,26 +255,6 @@ def pool_summaries(summaries: Sequence[Mapping[str, float]]
     pooled[name] = float(means.mean())
     pooled[name + '_std'] = float(np.sqrt(np.mean(stds**2) + means.var()))
   return pooled
-
-
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:  # Not Linux: fall back below.
-    pass
-  return platform.processor() or 'unknown'
-
-
-def machine_info() -> Dict[str, Any]:
-  """CPU model, core count, platform and JAX devices of this machine."""
-  return {'cpu_model': cpu_model(), 'cpu_cores': os.cpu_count(),
-          'platform': platform.platform(),
-          'jax_devices': [str(d) for d in jax.devices()],
-          'jax_version': jax.__version__}
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]],

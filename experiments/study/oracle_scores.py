@@ -1,6 +1,6 @@
 r"""Scores of the synthetic-lesions oracle, no model needed (issue 11).
 
-  python -m experiments.lesions_oracle_scores --builder_config=default \
+  python -m experiments.study.oracle_scores --builder_config=default \
       --num_examples=200 --out=results/synthetic_lesions_v2/oracle_scores.json
 
 For each test image, 100 gradings drawn from the enumerated answer

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from datasets import pipeline
-from experiments import study_options
+from experiments.study import options as study_options
 
 # Scalars of `metrics.jsonl` kept by `training_end` (plus every `kl_<l>`).
 TRAINING_KEYS = ('lambda', 'rec_mean', 'kl_sum', 'constraint')

@@ -1,6 +1,6 @@
 """The synthetic study's options and the config of one run.
 
-`StudyOptions` holds what `experiments/study_synthetic.py` runs (variants,
+`StudyOptions` holds what `experiments/study/synthetic.py` runs (variants,
 seeds, analysis sizes; None fields take `FULL_SETTINGS` or `TINY_SETTINGS`);
 `make_config` is a run's task config with the study's overrides.
 

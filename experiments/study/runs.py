@@ -1,7 +1,7 @@
 """The runs of the synthetic study: train-or-load, cached analyses, pooling.
 
-`experiments/study_synthetic.py` is the command line and
-`experiments/study_options.py` the options and a run's config; this module
+`experiments/study/synthetic.py` is the command line and
+`experiments/study/options.py` the options and a run's config; this module
 trains and evaluates a run unless it is finished (`train_or_load`), caches a
 run's analyses (`cached_run_arrays`) and pools a variant's seeds
 (`pool_runs`, `run_task`).
@@ -17,10 +17,10 @@ import numpy as np
 from datasets import pipeline
 from eval import outputs
 from eval import restore
-from experiments import study_analysis
-from experiments import study_diagnostics
+from experiments.study import analysis as study_analysis
+from experiments.study import diagnostics as study_diagnostics
 from experiments import train_lib
-from experiments.study_options import (TASK_DIRS, StudyOptions,
+from experiments.study.options import (TASK_DIRS, StudyOptions,
                                        StudySettingsError, make_config,
                                        seeds_of)
 from hpunet_jax.runtime import run_record

@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval import metrics
-from experiments import study_analysis
-from experiments import study_options
-from experiments import study_runs
-from experiments.study_options import LESIONS, StudyOptions
+from experiments.study import analysis as study_analysis
+from experiments.study import options as study_options
+from experiments.study import runs as study_runs
+from experiments.study.options import LESIONS, StudyOptions
 
 
 def _mean_sigmas(prefix: str, dists: Sequence[Any], num_images: int,

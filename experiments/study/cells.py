@@ -22,10 +22,10 @@ from typing import Any, Dict, Mapping, Sequence
 import numpy as np
 import scipy.ndimage
 
-from experiments import study_analysis
-from experiments import study_options
-from experiments import study_runs
-from experiments.study_options import CELLS, StudyOptions
+from experiments.study import analysis as study_analysis
+from experiments.study import options as study_options
+from experiments.study import runs as study_runs
+from experiments.study.options import CELLS, StudyOptions
 
 PURITY_KEYS = ('purity', 'purity_inside', 'purity_crossing', 'frac_crossing',
                'neighbours_same_label', 'neighbours_always_same')
