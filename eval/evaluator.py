@@ -108,12 +108,12 @@ def _summarise(per_image: Dict[str, List[float]], num_resamples: int,
 
 def sample_labels(model, params, rng, images, num_samples: int,
                   foreground_classes=(), per_sample_foreground=False):
-  """Encoder-once sampling reduced on the device.
+  """Encoder-once sampling (`model.sample`) reduced on the device.
 
   Args:
     model: `models.Model`.
     params: its parameters.
-    rng: PRNG key; the samples equal `model.sample(params, rng, ...)`'s.
+    rng: PRNG key; the samples are `model.sample(params, rng, ...)`'s.
     images: `[B, H, W, C]`.
     num_samples: N (static).
     foreground_classes: classes whose softmax is summed (static tuple).
@@ -124,17 +124,14 @@ def sample_labels(model, params, rng, images, num_samples: int,
     labels int32 `[N, B, H, W]` and the mean over samples of the summed
     foreground softmax, `[B, H, W]` (or per sample, see above).
   """
-  encoding = model.encode(params, images)
-  keys = jax.random.split(rng, num_samples)
 
-  def one_sample(key):
-    logits = model.decode(params, key, encoding, None)
+  def labels_and_foreground(logits):
     probs = jax.nn.softmax(logits, axis=-1)
     foreground = jnp.sum(probs[..., list(foreground_classes)], axis=-1)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32), foreground
 
-  labels, foreground = jax.lax.map(one_sample, keys,
-                                   batch_size=min(SAMPLE_CHUNK, num_samples))
+  labels, foreground = model.sample(params, rng, images, num_samples,
+                                    per_sample=labels_and_foreground)
   if per_sample_foreground:
     return labels, foreground
   return labels, jnp.mean(foreground, axis=0)

@@ -51,9 +51,12 @@ class Model(NamedTuple):
       posterior means.
     encode: `(params, image) -> encoding` (prior encoder features).
     decode: `(params, rng, encoding, mean_levels=None) -> logits [B,H,W,K]`.
-    sample: `(params, rng, image, num_samples, mean_levels=None) -> logits
-      [N,B,H,W,K]`, encoder once, decoder mapped over N keys (vmapped in
-      chunks of `SAMPLE_CHUNK`).
+    sample: `(params, rng, image, num_samples, mean_levels=None,
+      per_sample=None) -> logits [N,B,H,W,K]`, encoder once, decoder mapped
+      over N keys (vmapped in chunks of `SAMPLE_CHUNK`). `per_sample`, a
+      function of one sample's logits `[B,H,W,K]` (static under jit), is
+      applied inside the map, so only its (smaller) outputs are stacked
+      over N: e.g. the argmax labels.
     sample_full_rerun: same result as `sample`, re-running the whole network
       for each sample (the reference for tests and benchmarks).
     num_latent_levels: L.
@@ -111,11 +114,13 @@ def make_model(model_type: str, model_kwargs: Mapping[str, Any]) -> Model:
   def decode(params, rng, encoding, mean_levels=None):
     return decode_apply(params, rng, encoding, mean_levels)
 
-  def sample(params, rng, image, num_samples: int, mean_levels=None):
+  def sample(params, rng, image, num_samples: int, mean_levels=None,
+             per_sample=None):
     encoding = encode(params, image)
     keys = jax.random.split(rng, num_samples)
+    reduce = per_sample or (lambda logits: logits)
     return jax.lax.map(
-        lambda key: decode(params, key, encoding, mean_levels), keys,
+        lambda key: reduce(decode(params, key, encoding, mean_levels)), keys,
         batch_size=max(1, min(SAMPLE_CHUNK, num_samples)))
 
   def sample_full_rerun(params, rng, image, num_samples: int,
