@@ -184,7 +184,8 @@ def _kl(q: Tuple[torch.Tensor, torch.Tensor],
 
 
 class GecoLoss(nn.Module):
-  """GECO as coded (REFERENCE.md section 2): `lambda * (ma - kappa * N) + KL`,
+  """GECO as coded (docs/paper_notes.md#12-geco-as-coded):
+  `lambda * (ma - kappa * N) + KL`,
   `lambda = softplus(v)^2` with v's gradient scaled by `-rate`."""
 
   def __init__(self, kappa: float, decay: float, rate: float):

@@ -1,7 +1,8 @@
 """Instance-task metrics: class-averaged IoU and SNEMI3D's adapted Rand error.
 
 Functions take NumPy arrays for ONE image and return Python floats; the
-evaluator averages over images (paper Appx. B.2, B.3; REFERENCE.md section 8).
+evaluator averages over images (paper Appx. B.2, B.3;
+docs/paper_notes.md#21-rand-error).
 
 * `multiclass_iou`: a nan-mean of per-class IoUs that leaves correctly
   predicted absences out.
@@ -69,7 +70,7 @@ def adapted_rand_scores(pred, gt, *, pred_zero='snemi3d',
   `pred_zero` says what a pred label 0 inside the gt foreground (c such
   pixels, n pixels in the whole image) means:
   * `'snemi3d'` (default): exactly the SNEMI3D challenge's `adapted_rand`
-    script (REFERENCE.md section 8): those pixels leave the contingency table
+    script (docs/paper_notes.md#21-rand-error): those pixels leave the table
     and add `c / n` to both the pred and the joint pair sums (the script's
     `sum(c) / n`); needs `include_self_pairs=True`, the script's p_ij^2.
   * `'singletons'`: each such pixel is its own segment with its one self

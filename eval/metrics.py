@@ -1,8 +1,8 @@
 """Segmentation metrics: IoU, GED^2, Hungarian-matched IoU and their forms.
 
 All functions take NumPy arrays and return Python floats (or float64 arrays)
-for ONE image; the evaluator averages over images. Conventions (paper Appx. B,
-REFERENCE.md section 5):
+for ONE image; the evaluator averages over images. Conventions (paper Appx. B;
+docs/paper_notes.md#17-iou-conventions and the sections after it):
 
 * IoU is computed per image on boolean foreground masks. A correctly predicted
   absence (both masks empty) has IoU = 1, following the LIDC convention.

@@ -2,10 +2,10 @@
 
 Shape glossary: `B` batch, `H, W` height and width, `C` channels.
 
-As in the authors' code (REFERENCE.md section 1): pre-activated res-blocks
-without any normalisation, 2x2 average pooling down, nearest-neighbour
-up-sampling, orthogonal weights (gain 1) and truncated-normal biases
-(stddev 0.001).
+As in the authors' code (docs/paper_notes.md#2-res-block, #3-resampling,
+#7-initialisation): pre-activated res-blocks without any normalisation, 2x2
+average pooling down, nearest-neighbour up-sampling, orthogonal weights
+(gain 1) and truncated-normal biases (stddev 0.001).
 """
 import math
 from typing import Optional, Sequence, Union

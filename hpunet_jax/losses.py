@@ -80,7 +80,7 @@ def top_k_mask(pixel_loss: jax.Array, valid_mask: jax.Array, k: int,
 
 
 class ReconstructionLoss(NamedTuple):
-  """Reconstruction terms (REFERENCE.md section 2).
+  """Reconstruction terms (docs/paper_notes.md#10-top-k-reconstruction-loss).
 
   Attributes:
     rec_sum: mean over the batch of the per-image sum of `mask * xe`.

@@ -6,7 +6,8 @@ average-pool down, bilinear or nearest-neighbour up), a separate prior net
 posterior net (`concat(image, one_hot(seg) - 0.5)`), each an encoder like the
 U-Net's whose spatial mean gives a diagonal Gaussian over one *global* latent
 vector, and `f_comb`: z tiled over space, concatenated to the U-Net's last
-features, 1x1 convs to logits (REFERENCE.md section 3).
+features, 1x1 convs to logits
+(docs/paper_notes.md#15-spu-net-as-originally-coded).
 
 `weight_init` and `up_sampling` choose between the original code
 (SimonKohl/probabilistic_unet: He-normal kernels everywhere, bilinear

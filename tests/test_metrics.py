@@ -199,8 +199,8 @@ def brute_force_rand_scores(pred, gt, singletons, self_pairs):
 
 
 def snemi3d_adapted_rand(seg, gt):
-  """The SNEMI3D challenge's `adapted_rand` script, transcribed (REFERENCE.md
-  section 8): returns (error, precision, recall)."""
+  """The SNEMI3D challenge's `adapted_rand` script, transcribed
+  (docs/paper_notes.md#21-rand-error): returns (error, precision, recall)."""
   seg_a, seg_b = np.ravel(gt), np.ravel(seg)
   n = seg_a.size
   n_labels_a, n_labels_b = np.amax(seg_a) + 1, np.amax(seg_b) + 1
