@@ -18,10 +18,9 @@ operations XLA:CPU hands to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`):
 
 XLA:CPU only (the options are CPU compile options); `--variants` picks them
 (the shared `--compiler_options` flag is not used here). The variants measure
-a trade that `benchmarks/README.md` ("Where the first step's and sampling's
-time goes") describes: each YNNPACK kernel costs time when the cached
-executable is loaded, each XLA loop kernel costs LLVM time when it is
-compiled.
+a trade that `benchmarks/notes/2026-12-02-startup-and-sampling-profile.md`
+describes: each YNNPACK kernel costs time when the cached executable is
+loaded, each XLA loop kernel costs LLVM time when it is compiled.
 """
 import collections
 import re

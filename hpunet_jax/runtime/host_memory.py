@@ -10,10 +10,11 @@ at a time (about 95,000 page faults a second in the LIDC train step on a
 `retain_freed_memory` makes glibc keep freed memory mapped for the next step:
 one arena for all threads, no mmap for large blocks, no trimming. The price is
 that the process keeps its peak memory until it exits, which a trainer reaches
-on its first step anyway. Measured in `benchmarks/README.md` ("Host memory
-reuse"): the LIDC train step 1.25-1.37x faster, but the evaluator 15 % slower
-(its threads then share one arena), so only `experiments.train` calls it,
-before JAX starts its threads. It changes nothing but where memory comes from.
+on its first step anyway. Measured in
+`benchmarks/notes/2026-12-02-host-memory-reuse.md`: the LIDC train step
+1.25-1.37x faster, but the evaluator 15 % slower (its threads then share one
+arena), so only `experiments.train` calls it, before JAX starts its threads.
+It changes nothing but where memory comes from.
 """
 import ctypes
 import ctypes.util
