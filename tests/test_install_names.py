@@ -1,7 +1,7 @@
 """Install names: only `hpunet_jax` is installed; the repository's
 `datasets/`, `eval/` and `experiments/` are found from the repository root,
 and Hugging Face's `datasets` in the same environment stays importable
-elsewhere (README, "Install names")."""
+elsewhere (docs/install.md, "Install names")."""
 import json
 import pathlib
 import shutil
