@@ -18,6 +18,8 @@ import grain
 
 from datasets.synthetic_lesions import generator as lesions_generator
 from datasets.synthetic_lesions import generator_v2 as lesions_generator_v2
+# The one pixel scaling, shared with every user of a trained model.
+from hpunet_jax.images import image_to_float
 
 # Cityscapes train id of the car class; the alternative car classes follow the
 # 19 train ids: 19, 20, ... (`num_car_ids - 1` of them).
@@ -26,15 +28,6 @@ CITYSCAPES_NUM_TRAIN_IDS = 19
 CITYSCAPES_IGNORE_ID = 255
 # LIDC evaluation uses the centre 128x128 of the 180x180 crops ([26:-26]).
 LIDC_EVAL_CROP = 128
-
-
-def image_to_float(image: np.ndarray) -> np.ndarray:
-  """uint8 `[H, W, C]` -> float32 `[H, W, C]` in [0, 1]; images stored as
-  floats in [0, 1] (lidc_v1) are only cast to float32."""
-  image = np.asarray(image)
-  if np.issubdtype(image.dtype, np.floating):
-    return image.astype(np.float32)
-  return image.astype(np.float32) / 255.0
 
 
 def _full_mask(image: np.ndarray) -> np.ndarray:

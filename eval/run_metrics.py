@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from eval import evaluator
 from eval import outputs
-from eval import restore
+import hpunet_jax
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import quiet_logs
 
@@ -61,7 +61,7 @@ def main(argv):
   del argv
   quiet_logs.quiet_libraries()
   try:
-    run = restore.restore_latest(_WORKDIR.value, _CONFIG.value)
+    run = hpunet_jax.load(_WORKDIR.value, config=_CONFIG.value)
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
     sys.exit(f'run_metrics: {e}')
   config = run.config

@@ -5,11 +5,13 @@ python -m experiments.predict --workdir=RUN --image=scan.png \
     --num_samples=16 --out=DIR [--resize=crop|pad] [--seed=0]
 ```
 
-Reads a PNG / JPEG (8-bit grey or colour), converts it to the model's
-channels (`config.model.num_input_channels`), scales it to [0, 1] like the
-training pipeline (`datasets.preprocess.image_to_float`) and draws
-`--num_samples` segmentations (encoder once, decoder per sample). The model
-sees `config.image_size`; an image of another size is refused unless
+Reads a PNG or JPEG (8 or 16-bit grey, 8-bit colour), a TIFF (`tifffile`)
+or a `.npy` array, loads the run with `hpunet_jax.load`, and draws
+`--num_samples` segmentations with `TrainedRun.probabilities` (encoder once,
+decoder per sample): the image is converted to the model's channels and
+scaled as the training pipeline scales its dtype (`hpunet_jax.images`:
+unsigned integers / dtype maximum, floats as they are, in [0, 1]). The
+model sees `config.image_size`; an image of another size is refused unless
 `--resize=crop` (centre crop) or `--resize=pad` (centred zero padding) says
 how to fit it.
 
@@ -29,23 +31,22 @@ first, with a message; any other file makes it refuse):
 """
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 # One OpenBLAS thread (see experiments/train.py); before NumPy loads it.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 from PIL import Image
 
-from datasets import preprocess
 from eval import figures
-from eval import restore
 from experiments import output_folder
 from experiments import prediction_outputs
+import hpunet_jax
 from hpunet_jax.runtime import checkpointing
+
 
 class ImageError(ValueError):
   """The input image cannot be read or does not fit the model."""
@@ -55,106 +56,76 @@ class ImageError(ValueError):
 OutputError = output_folder.OutputError
 
 
-def read_image(path: str) -> np.ndarray:
-  """An 8-bit grey or colour image file -> uint8 `[H, W, C]`, C = 1 or 3.
+# Pillow modes read as they are: grey 8 / 16 / 32 bits, 8-bit colour.
+_GREY_MODES = ('L', 'I;16', 'I;16B', 'I;16L', 'I', 'F')
+_COLOUR_MODES = ('RGB', 'RGBA', 'RGBX', 'P', 'PA', 'CMYK', 'YCbCr')
 
-  Alpha is dropped and palette images are expanded to RGB.
+
+def _png_is_16_bit_colour(path: str) -> bool:
+  """Whether a PNG file is 16-bit RGB(A): Pillow would read it as 8 bits."""
+  with open(path, 'rb') as f:
+    header = f.read(29)
+  # Signature (8), IHDR length and type (8), width, height (8), bit depth,
+  # colour type (2: RGB, 6: RGBA).
+  return (header[:8] == b'\x89PNG\r\n\x1a\n' and len(header) >= 26
+          and header[24] == 16 and header[25] in (2, 6))
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file -> `[H, W, C]` in its stored dtype, C = 1 or 3.
+
+  PNG / JPEG / other Pillow formats: grey (8, 16 or 32 bits) or 8-bit colour;
+  alpha is dropped and palette images are expanded to RGB. 16-bit colour
+  PNGs are refused (Pillow reads them as 8 bits). `.tif` / `.tiff`:
+  `[H, W]` or `[H, W, C]` pages read by `tifffile`. `.npy`: an `[H, W]` or
+  `[H, W, C]` array.
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ImageError: not an image Pillow can read, or not 8 bits per channel.
+    ImageError: not an image that can be read as above.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such image file.')
+  extension = os.path.splitext(path)[1].lower()
   try:
-    with Image.open(path) as image:
-      image.load()
-      mode = image.mode
-      if mode in ('1', 'L', 'LA'):
-        image = image.convert('L')
-      elif mode in ('P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr'):
-        image = image.convert('RGB')
-      else:
-        raise ImageError(f'{path}: unsupported pixel format {mode!r}; '
-                         'expected an 8-bit grey or colour image.')
-      array = np.asarray(image, np.uint8)
-  except (Image.UnidentifiedImageError, OSError, SyntaxError) as error:
+    if extension == '.npy':
+      array = np.load(path, allow_pickle=False)
+    elif extension in ('.tif', '.tiff'):
+      import tifffile  # pylint: disable=g-import-not-at-top
+      array = tifffile.imread(path)
+    else:
+      array = _read_with_pillow(path)
+  except ImageError:
+    raise
+  except (Image.UnidentifiedImageError, Image.DecompressionBombError,
+          OSError, SyntaxError, ValueError) as error:
     # Pillow raises OSError for truncated data, SyntaxError for some broken
-    # headers.
+    # headers; numpy and tifffile raise ValueError for bad files.
     raise ImageError(f'{path}: cannot read the image ({error}).') from error
-  return array[..., None] if array.ndim == 2 else array
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 3):
+    raise ImageError(f'{path}: expected a grey or colour image [H, W] or '
+                     f'[H, W, 1 or 3], got shape {array.shape}.')
+  return array
 
 
-def convert_channels(image: np.ndarray, num_channels: int) -> np.ndarray:
-  """uint8 `[H, W, C]` (C = 1 or 3) -> uint8 `[H, W, num_channels]`.
-
-  Colour -> grey uses the ITU-R 601-2 luma weights (as Pillow's 'L' mode);
-  grey -> colour repeats the channel.
-  """
-  channels = image.shape[-1]
-  if channels == num_channels:
-    return image
-  if channels == 3 and num_channels == 1:
-    luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
-  if channels == 1 and num_channels == 3:
-    return np.repeat(image, 3, axis=-1)
-  raise ImageError(f'cannot convert a {channels}-channel image to the '
-                   f"model's {num_channels} channels.")
-
-
-def normalise_image(image: np.ndarray) -> np.ndarray:
-  """uint8 `[H, W, C]` -> float32 in [0, 1], as the training pipeline."""
-  return preprocess.image_to_float(image)
-
-
-def fit_to_size(image: np.ndarray, size: Tuple[int, int],
-                resize: Optional[str], name: str = 'image'
-                ) -> Tuple[np.ndarray, np.ndarray]:
-  """Brings `image` `[H, W, C]` to `size` = (height, width).
-
-  Args:
-    image: the image.
-    size: what the model needs.
-    resize: None (sizes must match), 'crop' (centre crop; the image must be
-      at least `size`) or 'pad' (centred zero padding; at most `size`).
-    name: how errors name the image (its file).
-
-  Returns:
-    `(image [height, width, C], valid bool [height, width])`, valid = False
-    on padding.
-
-  Raises:
-    ImageError: the sizes differ and `resize` cannot fix it.
-  """
-  height, width = image.shape[:2]
-  target_height, target_width = size
-  found = (f'{name} is {height}x{width} (HxW), the model needs '
-           f'{target_height}x{target_width}')
-  if resize is None:
-    if (height, width) != (target_height, target_width):
-      raise ImageError(f'{found}: pass --resize=crop (centre crop) or '
-                       '--resize=pad (zero padding).')
-    return image, np.ones((height, width), bool)
-  if resize == 'crop':
-    if height < target_height or width < target_width:
-      raise ImageError(f'{found}: too small to crop; use --resize=pad.')
-    top = (height - target_height) // 2
-    left = (width - target_width) // 2
-    return (image[top:top + target_height, left:left + target_width],
-            np.ones((target_height, target_width), bool))
-  if resize == 'pad':
-    if height > target_height or width > target_width:
-      raise ImageError(f'{found}: too large to pad; use --resize=crop.')
-    top = (target_height - height) // 2
-    left = (target_width - width) // 2
-    padded = np.zeros((target_height, target_width) + image.shape[2:],
-                      image.dtype)
-    padded[top:top + height, left:left + width] = image
-    valid = np.zeros((target_height, target_width), bool)
-    valid[top:top + height, left:left + width] = True
-    return padded, valid
-  raise ValueError(f"resize must be None, 'crop' or 'pad', got {resize!r}")
+def _read_with_pillow(path: str) -> np.ndarray:
+  if _png_is_16_bit_colour(path):
+    raise ImageError(f'{path}: 16-bit colour PNGs cannot be read without '
+                     'losing bits; save the image as .npy or TIFF.')
+  with Image.open(path) as image:
+    image.load()
+    mode = image.mode
+    if mode in ('1', 'LA'):
+      image = image.convert('L')
+    elif mode in _COLOUR_MODES:
+      image = image.convert('RGB')
+    elif mode not in _GREY_MODES:
+      raise ImageError(f'{path}: unsupported pixel format {mode!r}; expected '
+                       'a grey or colour image.')
+    array = np.asarray(image)
+  return array.astype(np.uint16) if mode.startswith('I;16') else array
 
 
 def predictive_entropy(mean_probs: np.ndarray) -> np.ndarray:
@@ -188,14 +159,6 @@ def sample_statistics(probs: np.ndarray) -> Dict[str, np.ndarray]:
               entropy=predictive_entropy(mean_probs))
 
 
-def _model_size(image_size) -> Tuple[int, int]:
-  """`config.image_size` (int or (height, width)) -> (height, width)."""
-  if isinstance(image_size, int):
-    return image_size, image_size
-  height, width = image_size
-  return int(height), int(width)
-
-
 def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
             resize: Optional[str] = None, seed: int = 0) -> List[str]:
   """Restores the newest checkpoint of `workdir`, samples `num_samples`
@@ -212,26 +175,22 @@ def predict(workdir: str, image_path: str, num_samples: int, out_dir: str,
   # Before the (slow) restore: fail early.
   stale = output_folder.earlier_outputs(out_dir)
   raw = read_image(image_path)
-  config, model, params, step = restore.restore_latest(workdir)
-  num_channels = config.model.get('num_input_channels', None) or raw.shape[-1]
+  run = hpunet_jax.load(workdir)
   try:
-    image = normalise_image(convert_channels(raw, num_channels))
-  except ImageError as error:
-    raise ImageError(f'{image_path}: {error}') from error
-  image, valid = fit_to_size(image, _model_size(config.image_size), resize,
-                             name=image_path)
-  sample = jax.jit(model.sample, static_argnums=3)
-  logits = sample(params, jax.random.PRNGKey(seed), image[None], num_samples)
-  probs = np.asarray(jax.nn.softmax(logits[:, 0], axis=-1))  # [N, H, W, K]
+    fitted = run.prepare(raw, resize, image_path, resize_hint='--resize={}')
+  except ValueError as error:
+    raise ImageError(str(error)) from error
+  probs = run.probabilities(raw, num_samples, seed, resize)  # [N, H, W, K]
   stats = sample_statistics(probs)
   if stale:
     print(f'Removing {len(stale)} files of an earlier prediction from '
           f'{out_dir}.')
     for path in stale:
       os.remove(path)
-  paths = prediction_outputs.write_outputs(out_dir, image, stats, valid)
-  print(f'{image_path}: {num_samples} samples from {workdir} (step {step}) '
-        f'-> {out_dir}')
+  paths = prediction_outputs.write_outputs(out_dir, fitted.image, stats,
+                                           fitted.valid)
+  print(f'{image_path}: {num_samples} samples from {workdir} '
+        f'(step {run.step}) -> {out_dir}')
   return paths
 
 
@@ -241,7 +200,8 @@ def define_flags() -> None:
   in one process cannot clash over flag names like --workdir."""
   flags.DEFINE_string('workdir', None, 'Training run directory (holds '
                       'checkpoints/).', required=True)
-  flags.DEFINE_string('image', None, 'Input image (PNG or JPEG).',
+  flags.DEFINE_string('image', None, 'Input image: PNG or JPEG (8 or 16-bit '
+                      'grey, 8-bit colour), TIFF or .npy.',
                       required=True)
   flags.DEFINE_integer('num_samples', 16, 'Samples to draw.')
   flags.DEFINE_string('out', None, 'Output directory.', required=True)

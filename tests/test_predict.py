@@ -1,17 +1,22 @@
 """`experiments.predict`: image reading, fitting, statistics, end to end."""
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+from unittest import mock
+import zlib
 
 import numpy as np
 from PIL import Image
 import pytest
+import tifffile
 
 from experiments import predict
 from experiments import prediction_outputs
 from experiments import synthetic_lesions
 from experiments import train_lib
+from hpunet_jax import images
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,58 +55,56 @@ def test_read_errors_name_the_file(tmp_path):
   truncated.write_bytes(truncated.read_bytes()[:60])
   with pytest.raises(predict.ImageError, match='truncated.png'):
     predict.read_image(str(truncated))
-  deep = tmp_path / 'sixteen_bit.png'
-  Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(deep)
-  with pytest.raises(predict.ImageError, match='sixteen_bit.png.*8-bit'):
-    predict.read_image(str(deep))
+  colour16 = tmp_path / 'colour16.png'
+  _write_16_bit_rgb_png(colour16, np.full((2, 3, 3), 1000, np.uint16))
+  with pytest.raises(predict.ImageError,
+                     match='colour16.png: 16-bit colour PNGs.*.npy or TIFF'):
+    predict.read_image(str(colour16))
+  bomb = _write_png(tmp_path / 'bomb.png', np.zeros((64, 64), np.uint8))
+  with mock.patch.object(Image, 'MAX_IMAGE_PIXELS', 1000):
+    with pytest.raises(predict.ImageError, match='bomb.png: cannot read'):
+      predict.read_image(bomb)
+  bad_npy = tmp_path / 'bad.npy'
+  bad_npy.write_bytes(b'not an array')
+  with pytest.raises(predict.ImageError, match='bad.npy: cannot read'):
+    predict.read_image(str(bad_npy))
+  np.save(tmp_path / 'volume.npy', np.zeros((2, 3, 4, 5), np.float32))
+  with pytest.raises(predict.ImageError, match=r'volume.npy: .*\(2, 3, 4, 5\)'):
+    predict.read_image(str(tmp_path / 'volume.npy'))
 
 
-def test_convert_channels_and_normalise():
-  colour = np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8)  # [1, 2, 3]
-  grey = predict.convert_channels(colour, 1)
-  np.testing.assert_array_equal(grey[..., 0], [[76, 29]])  # 0.299, 0.114.
-  np.testing.assert_array_equal(predict.convert_channels(grey, 3),
-                                np.repeat(grey, 3, axis=-1))
-  with pytest.raises(predict.ImageError, match='4 channels'):
-    predict.convert_channels(colour, 4)
-  normalised = predict.normalise_image(np.array([[[0], [255]]], np.uint8))
-  assert normalised.dtype == np.float32
-  np.testing.assert_allclose(normalised[..., 0], [[0.0, 1.0]])
+def _write_16_bit_rgb_png(path, array):
+  """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+  height, width, _ = array.shape
+  raw = b''.join(b'\x00' + array[row].astype('>u2').tobytes()
+                 for row in range(height))
+
+  def chunk(kind, data):
+    body = kind + data
+    return (struct.pack('>I', len(data)) + body
+            + struct.pack('>I', zlib.crc32(body) & 0xffffffff))
+
+  path.write_bytes(b'\x89PNG\r\n\x1a\n'
+                   + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 16,
+                                                2, 0, 0, 0))
+                   + chunk(b'IDAT', zlib.compress(raw))
+                   + chunk(b'IEND', b''))
 
 
-# --- Fitting to the model's size. ---
-
-
-def test_fit_exact_size_and_wrong_size_error():
-  image = np.ones((4, 6, 1), np.float32)
-  fitted, valid = predict.fit_to_size(image, (4, 6), None)
-  assert fitted is image and valid.all()
-  with pytest.raises(
-      predict.ImageError,
-      match=r'scan.png is 4x6.*8x8.*--resize=crop.*--resize=pad'):
-    predict.fit_to_size(image, (8, 8), None, name='scan.png')
-
-
-def test_fit_centre_crop():
-  image = np.arange(6 * 5, dtype=np.float32).reshape(6, 5, 1)
-  cropped, valid = predict.fit_to_size(image, (2, 3), 'crop')
-  np.testing.assert_array_equal(cropped[..., 0], image[2:4, 1:4, 0])
-  assert valid.shape == (2, 3) and valid.all()
-  with pytest.raises(predict.ImageError, match='too small.*--resize=pad'):
-    predict.fit_to_size(image, (8, 3), 'crop')
-
-
-def test_fit_zero_pad_marks_padding():
-  image = np.full((2, 3, 1), 0.5, np.float32)
-  padded, valid = predict.fit_to_size(image, (4, 6), 'pad')
-  assert padded.shape == (4, 6, 1) and padded.dtype == np.float32
-  expected_valid = np.zeros((4, 6), bool)
-  expected_valid[1:3, 1:4] = True
-  np.testing.assert_array_equal(valid, expected_valid)
-  np.testing.assert_array_equal(padded[..., 0], np.where(expected_valid, 0.5,
-                                                         0.0))
-  with pytest.raises(predict.ImageError, match='too large.*--resize=crop'):
-    predict.fit_to_size(image, (1, 6), 'pad')
+def test_read_keeps_16_bit_grey_tiff_and_npy_dtypes(tmp_path):
+  deep = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
+  Image.fromarray(deep).save(tmp_path / 'deep.png')
+  read = predict.read_image(str(tmp_path / 'deep.png'))
+  assert read.dtype == np.uint16
+  np.testing.assert_array_equal(read, deep[..., None])
+  tifffile.imwrite(tmp_path / 'scan.tif', deep)
+  np.testing.assert_array_equal(predict.read_image(str(tmp_path / 'scan.tif')),
+                                deep[..., None])
+  floats = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+  np.save(tmp_path / 'scan.npy', floats)
+  read = predict.read_image(str(tmp_path / 'scan.npy'))
+  assert read.dtype == np.float32
+  np.testing.assert_array_equal(read, floats[..., None])
 
 
 # --- Statistics of the samples. ---
@@ -150,7 +153,7 @@ def test_write_outputs_with_padding(tmp_path):
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(3, 8, 8, 2))
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  image, valid = predict.fit_to_size(
+  image, valid = images.fit_to_size(
       rng.random((6, 8, 1)).astype(np.float32), (8, 8), 'pad')
   paths = prediction_outputs.write_outputs(str(tmp_path), image,
                                 predict.sample_statistics(probs), valid)

@@ -12,7 +12,7 @@ from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
 from eval import bootstrap
 from eval import evaluator
 from eval import outputs
-from eval import restore
+import hpunet_jax
 from experiments.study import analysis as study_analysis
 from experiments.study import options as study_options
 from experiments.study import runs as study_runs
@@ -320,7 +320,7 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
                      match='its training has not finished'):
     study_runs.train_or_load(config, run_dir)
   monkeypatch.undo()
-  run = restore.restore_latest(run_dir)  # What run_metrics does.
+  run = hpunet_jax.load(run_dir)  # What run_metrics does.
   assert run.step == 1
   evaluator.evaluate(run.config, run.params, run.model, 'test',
                      config.eval.num_samples, workdir=run_dir,

@@ -16,7 +16,7 @@ import numpy as np
 
 from datasets import pipeline
 from eval import outputs
-from eval import restore
+import hpunet_jax
 from experiments.study import analysis as study_analysis
 from experiments.study import diagnostics as study_diagnostics
 from experiments import train_lib
@@ -168,7 +168,7 @@ def cached_run_arrays(options: StudyOptions, task: str, variant: str,
                       compute) -> Dict[str, np.ndarray]:
   """An analysis of one finished run of `task`, kept in its folder.
 
-  `compute(run, examples, config)` (`run` from `eval.restore.restore_latest`,
+  `compute(run, examples, config)` (`run` from `hpunet_jax.load`,
   `examples` the first `num_images` test images) returns named arrays; they
   are computed once into `<run_dir>/<cache_name>` (.npz) and read from there.
   """
@@ -176,7 +176,7 @@ def cached_run_arrays(options: StudyOptions, task: str, variant: str,
   cache = os.path.join(run_dir, cache_name)
   if not os.path.exists(cache):
     config = make_config(task, variant, seed, options)
-    run = restore.restore_latest(run_dir, config)
+    run = hpunet_jax.load(run_dir, config=config)
     examples = list(pipeline.eval_examples(config.data, config.eval.split,
                                            limit=num_images))
     np.savez(cache, **compute(run, examples, config))

@@ -67,7 +67,7 @@ import jax
 
 from eval import evaluator
 from eval import outputs
-from eval import restore
+import hpunet_jax
 from experiments.study import analysis as study_analysis
 from experiments.study import answer as study_answer
 from experiments.study import cells as study_cells
@@ -151,7 +151,7 @@ def generalisation(options: StudyOptions) -> Dict[str, Any]:
       out_dir = os.path.join(run_dir, 'generalisation', builder_config,
                              config.eval.split)
       if not study_runs.is_evaluated(out_dir):
-        run = restore.restore_latest(run_dir, config)
+        run = hpunet_jax.load(run_dir, config=config)
         result = evaluator.Evaluator(config, run.model).run(
             run.params, config.eval.split, config.eval.num_samples,
             rng_seed=seed)
