@@ -7,10 +7,11 @@ The trainer runs one `jax.jit` step over a 2-D mesh with axes
   split over the batch dimension along `data` and over the image height along
   `spatial` ("spatial batch partitioning", paper Appx. D.3);
 * the train state (parameters, optimiser and GECO state, rng) is replicated;
-* inside the model (`model_partitioning`), every convolution's input and
-  output keeps the batch split and keeps the height split only while the
-  level's height divides into the spatial axis; coarser levels are replicated
-  over that axis (XLA's partitioner computes wrong gradients there,
+* inside the model, which reads the mesh (`hpunet_jax.partitioning`), every
+  convolution's input and output keeps the batch split and keeps the height
+  split only while the level's height divides into the spatial axis with
+  `MIN_ROWS_PER_DEVICE` rows per device; coarser levels are replicated over
+  that axis (XLA's partitioner computes wrong gradients there,
   docs/spatial_partitioning.md).
 
 The mesh uses `Auto` axis types: the XLA partitioner then propagates the height
@@ -24,7 +25,7 @@ process's devices to hold whole rows of the mesh's `data` axis (`make_mesh`
 lays devices out process by process), so the `data` axis size must be a
 multiple of the process count and the spatial axis stays within one host.
 """
-from typing import Any, ContextManager, Mapping, Sequence, Tuple
+from typing import Any, Mapping, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -33,13 +34,11 @@ import numpy as np
 
 from hpunet_jax import partitioning
 
-MESH_AXES = ('data', 'spatial')
-# A feature map's height stays split over the spatial axis only while every
-# device holds at least this many rows: with one row per device on a 2-row
-# map (mesh (4, 2), 64x64 model) XLA's partitioner gave gradients off by up
-# to 60x (docs/spatial_partitioning.md); two rows gave exact gradients on
-# every mesh and shipped geometry tested (tests/test_sharding.py).
-MIN_ROWS_PER_DEVICE = 2
+# The axis names the model's feature maps look for on the mesh.
+MESH_AXES = (partitioning.BATCH_AXIS, partitioning.SPATIAL_AXIS)
+# The fewest rows of a level's height a device holds before that level is
+# replicated over the spatial axis (the model's rule, defined there).
+MIN_ROWS_PER_DEVICE = partitioning.MIN_ROWS_PER_DEVICE
 
 
 class MeshShapeError(ValueError):
@@ -115,14 +114,6 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
       shape, MESH_AXES,
       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
       devices=devices)
-
-
-def model_partitioning(mesh: Mesh) -> ContextManager[None]:
-  """Context for tracing the model on `mesh`: per-level feature-map
-  shardings (`hpunet_jax.partitioning.feature_map`)."""
-  return partitioning.spatial_partitioning(
-      mesh, batch_axis=MESH_AXES[0], spatial_axis=MESH_AXES[1],
-      min_rows_per_device=MIN_ROWS_PER_DEVICE)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

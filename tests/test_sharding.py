@@ -103,6 +103,15 @@ def test_feature_map_spec_splits_height_only_with_enough_rows():
       pass
 
 
+def test_feature_map_is_the_identity_on_one_device():
+  x = jax.numpy.ones((2, 8, 8, 3))
+  assert partitioning.active_partitioning(x) is None
+  assert partitioning.feature_map(x) is x
+  with jax.set_mesh(sharding.make_mesh((1, 1))):
+    assert partitioning.active_partitioning(x) is None
+    assert partitioning.feature_map(x) is x
+
+
 def _geometries():
   """The shipped HPU-Net geometries with few channels and one block a level:
   `{name: config}`."""
