@@ -211,3 +211,56 @@ def test_no_checkpoint_restores_nothing(tmp_path):
       lambda s: pytest.fail('nothing to restore'),
       move_unreadable=True) is None
   checkpointer.close()
+
+
+def _with_non_finite_newest(directory):
+  """Checkpoints 1 (finite) and 2 (one NaN and one inf weight)."""
+  checkpointer = checkpointing.Checkpointer(str(directory))
+  checkpointer.save(1, _state(1), b'{"position": 1}', '{}')
+  bad = _state(2)
+  w = bad.trainable['model']['conv']['w']
+  bad.trainable['model']['conv']['w'] = w.at[0, 0, 0].set(jnp.nan).at[
+      1, 1, 1].set(jnp.inf)
+  checkpointer.save(2, bad, b'{"position": 2}', '{}')
+  checkpointer.wait_until_finished()
+  return checkpointer
+
+
+def test_non_finite_checkpoint_is_refused_naming_step_and_way_back(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  checkpointer = _with_non_finite_newest(directory)
+  mesh = sharding.make_mesh((1, 1))
+  # 2 of the 18 + 2 + 1 float values of `trainable`, 18 + 2 + 1 per Adam
+  # moment and one GECO average.
+  message = (rf'checkpoint {directory}/2 holds non-finite values \(2 of 64 '
+             r'values are NaN or infinite, first in trainable/model/conv/w\): '
+             r'training had diverged when it was saved\. Use an earlier step '
+             r'\(checkpoint 1 is the newest earlier one\)')
+  for restore in (
+      lambda: checkpointer.restore(2, _abstract(_state(2), mesh)),
+      lambda: checkpointer.restore_saved_state(2),
+      lambda: checkpointer.restore_newest(checkpointer.restore_saved_state,
+                                          move_unreadable=False)):
+    with pytest.raises(checkpointing.NonFiniteCheckpointError,
+                       match=message):
+      restore()
+  assert checkpointer.all_steps() == [1, 2]  # Nothing moved.
+  checkpointer.close()
+
+
+def test_resume_falls_back_past_a_non_finite_checkpoint(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  checkpointer = _with_non_finite_newest(directory)
+  mesh = sharding.make_mesh((1, 1))
+  with warnings_logged() as warnings:
+    step, (_, loader) = checkpointer.restore_newest(
+        lambda s: checkpointer.restore(s, _abstract(_state(s), mesh)),
+        move_unreadable=True, skip_non_finite=True)
+  assert step == 1 and loader == b'{"position": 1}'
+  moved = tmp_path / ('checkpoints' + checkpointing.NON_FINITE_SUFFIX) / '2'
+  assert warnings == [
+      'checkpoint 2 holds non-finite values (2 of 64 values are NaN or '
+      f'infinite, first in trainable/model/conv/w) (moved to {moved}); '
+      'resuming from 1.']
+  assert moved.is_dir() and checkpointer.all_steps() == [1]
+  checkpointer.close()

@@ -13,14 +13,17 @@ closed event loop, each printing an "Event loop is closed" traceback through
 * silences only those "Event loop is closed" leftovers
   (`silence_closed_loop_noise`);
 * moves a damaged checkpoint out of Orbax's sight without deleting it
-  (`move_aside`).
+  (`move_aside`);
+* finds NaN or infinite values in a restored state (`non_finite_values`).
 """
 import json
 import os
 import shutil
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import jax
+import numpy as np
 import tensorstore as ts
 
 # Files Orbax writes as JSON (ocdbt data files and manifests are binary).
@@ -116,3 +119,31 @@ def silence_closed_loop_noise() -> None:
 
   hook._drops_closed_loop_noise = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+
+
+def _host_values(leaf: Any) -> np.ndarray:
+  """A leaf as a host array; a jax array spread over several processes
+  contributes this process's first shard (the whole array when
+  replicated, as the train state is)."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    leaf = leaf.addressable_data(0)
+  return np.asarray(leaf)
+
+
+def non_finite_values(tree: Any) -> Optional[str]:
+  """None when every floating value of `tree` is finite, else e.g.
+  '12 of 3456 values are NaN or infinite, first in trainable/model/w'."""
+  bad, total, first = 0, 0, None
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    values = _host_values(leaf)
+    if not jax.numpy.issubdtype(values.dtype, jax.numpy.floating):
+      continue
+    count = int(values.size - np.count_nonzero(np.isfinite(values)))
+    total += values.size
+    if count and first is None:
+      first = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(
+          k, 'idx', k)))) for k in path)
+    bad += count
+  if not bad:
+    return None
+  return f'{bad} of {total} values are NaN or infinite, first in {first}'

@@ -12,7 +12,11 @@ A checkpoint directory only appears once Orbax has finished writing it, so a
 crash mid-save leaves the previous checkpoint as the latest. A checkpoint
 damaged later (a file deleted, truncated or flipped) is skipped by
 `restore_newest`, named in one warning and moved to
-`<workdir>/checkpoints_unreadable/` (kept, not deleted). `StopRequest` turns
+`<workdir>/checkpoints_unreadable/` (kept, not deleted). Every restore of a
+train state checks that its values are finite: a checkpoint holding NaN or
+infinite values is refused (`NonFiniteCheckpointError`, naming the step and
+the way back), and a resuming trainer skips it for the newest finite one,
+moving it to `<workdir>/checkpoints_non_finite/`. `StopRequest` turns
 SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
 """
 import base64
@@ -36,6 +40,8 @@ _ITEMS = (_STATE, _LOADER, _CONFIG)
 CHECKPOINT_DIR = 'checkpoints'
 # Damaged checkpoints are moved from `<dir>` to `<dir>UNREADABLE_SUFFIX`.
 UNREADABLE_SUFFIX = '_unreadable'
+# Non-finite ones, skipped by a resuming trainer, to `<dir>NON_FINITE_SUFFIX`.
+NON_FINITE_SUFFIX = '_non_finite'
 
 
 class CheckpointError(ValueError):
@@ -44,6 +50,14 @@ class CheckpointError(ValueError):
 
 class NoReadableCheckpointError(CheckpointError):
   """Checkpoints exist, but every one of them is damaged."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+  """A checkpoint's train state holds NaN or infinite values."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason  # Short form for the trainer's fallback warning.
 
 
 def encode_loader_state(state: Any) -> dict:
@@ -103,24 +117,32 @@ class Checkpointer:
         item_names=_ITEMS)
 
   def restore_newest(self, restore_step: Callable[[int], Any], *,
-                     move_unreadable: bool) -> Optional[Tuple[int, Any]]:
+                     move_unreadable: bool,
+                     skip_non_finite: bool = False
+                     ) -> Optional[Tuple[int, Any]]:
     """`restore_step` of the newest checkpoint that reads.
 
     A checkpoint whose restore fails and whose files are damaged
-    (`checkpoint_integrity.find_problem`) is skipped, with one warning
-    naming it, the reason and the step used instead.
+    (`checkpoint_integrity.find_problem`), or, with `skip_non_finite`, one
+    holding non-finite values, is skipped, with one warning naming it, the
+    reason and the step used instead.
 
     Args:
       restore_step: step -> restored things (e.g. `self.restore(step, ...)`).
         A `CheckpointError` it raises (e.g. config drift) passes through.
-      move_unreadable: move damaged checkpoints to `<dir>_unreadable/`
-        (process 0 only; the trainer) or leave them (evaluation, predict).
+      move_unreadable: move skipped checkpoints to `<dir>_unreadable/` or
+        `<dir>_non_finite/` (process 0 only; the trainer) or leave them
+        (evaluation, predict).
+      skip_non_finite: fall back past a `NonFiniteCheckpointError` (the
+        trainer) instead of raising it (evaluation, predict).
 
     Returns:
       `(step, restore_step(step))`, or None when there is no checkpoint.
 
     Raises:
-      NoReadableCheckpointError: every checkpoint is damaged.
+      NoReadableCheckpointError: every checkpoint is damaged or skipped.
+      NonFiniteCheckpointError: the newest readable checkpoint holds
+        non-finite values (without `skip_non_finite`).
       CheckpointError: a checkpoint with intact files does not restore
         into this run (one line, Orbax's reason).
     """
@@ -130,6 +152,12 @@ class Checkpointer:
       step_dir = os.path.join(self.directory, str(step))
       try:
         result = restore_step(step)
+      except NonFiniteCheckpointError as e:
+        if not skip_non_finite:
+          raise
+        skipped.append(self._skip(step_dir, NON_FINITE_SUFFIX,
+                                  move_unreadable, e.reason))
+        continue
       except CheckpointError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -138,12 +166,8 @@ class Checkpointer:
           raise CheckpointError(
               f'checkpoint {step_dir} does not restore into this run: '
               f'{checkpoint_integrity.concise(e)}') from None
-        where = 'left in place'
-        if move_unreadable and jax.process_index() == 0:
-          where = 'moved to ' + checkpoint_integrity.move_aside(
-              step_dir, self.directory.rstrip(os.sep) + UNREADABLE_SUFFIX)
-        skipped.append(f'checkpoint {step} is unreadable: {problem} '
-                       f'({where})')
+        skipped.append(self._skip(step_dir, UNREADABLE_SUFFIX,
+                                  move_unreadable, f'is unreadable: {problem}'))
         continue
       for line in skipped:
         logging.warning('%s; %s %d.', line,
@@ -156,6 +180,31 @@ class Checkpointer:
           f'no readable checkpoint in {self.directory}: '
           + '; '.join(skipped) + '.')
     return None
+
+  def _skip(self, step_dir: str, suffix: str, move: bool, reason: str) -> str:
+    """Moves a skipped checkpoint aside if asked; the line saying so."""
+    where = 'left in place'
+    if move and jax.process_index() == 0:
+      where = 'moved to ' + checkpoint_integrity.move_aside(
+          step_dir, self.directory.rstrip(os.sep) + suffix)
+    return f'checkpoint {os.path.basename(step_dir)} {reason} ({where})'
+
+  def _check_finite(self, step: int, state: Any) -> None:
+    """Raises NonFiniteCheckpointError when `state` holds NaN or inf."""
+    problem = checkpoint_integrity.non_finite_values(state)
+    if problem is None:
+      return
+    step_dir = os.path.join(self.directory, str(step))
+    earlier = [s for s in self.all_steps() if s < step]
+    back = (f'checkpoint {max(earlier)} is the newest earlier one'
+            if earlier else 'no earlier checkpoint exists')
+    raise NonFiniteCheckpointError(
+        f'checkpoint {step_dir} holds non-finite values ({problem}): '
+        f'training had diverged when it was saved. Use an earlier step '
+        f'({back}): remove or move that folder, or resume training, which '
+        f'moves it to {self.directory.rstrip(os.sep)}{NON_FINITE_SUFFIX}/ '
+        'and continues from the newest finite checkpoint.',
+        reason=f'holds non-finite values ({problem})')
 
   def latest_step(self) -> Optional[int]:
     """The step of the newest complete checkpoint, or None."""
@@ -197,6 +246,7 @@ class Checkpointer:
     Raises:
       CheckpointError: the checkpoint was written by a different number of
         processes (their loader positions cannot be mapped onto this run).
+      NonFiniteCheckpointError: the train state holds NaN or inf.
     """
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{
@@ -210,15 +260,21 @@ class Checkpointer:
           f'{len(loader_states)} processes, this run has '
           f'{jax.process_count()}.')
     loader_state = decode_loader_state(loader_states[jax.process_index()])
+    self._check_finite(step, restored[_STATE])
     return restored[_STATE], loader_state
 
   def restore_saved_state(self, step: int) -> Any:
     """The train state as saved (nested dicts of host arrays), without a
     target structure: for offline evaluation, which needs no optimiser or
-    sharding."""
+    sharding.
+
+    Raises:
+      NonFiniteCheckpointError: it holds NaN or inf.
+    """
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardRestore()}))
+    self._check_finite(step, restored[_STATE])
     return restored[_STATE]
 
   def restore_config(self, step: int) -> dict:
