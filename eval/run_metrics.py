@@ -10,7 +10,9 @@ with it unless `--config` is given), samples with encoder-once sampling and
 writes metrics.json, per_image.npz and PNG figures into a folder named by the
 settings, `<workdir>/eval/<split>/step<S>_samples<N>_images<M>/` (see
 `eval/outputs.py`). An existing folder is never replaced without
-`--overwrite`; other settings get their own folder.
+`--overwrite`; other settings get their own folder. A run whose training
+has not finished, or stopped on a non-finite loss, is evaluated with one
+warning saying so; a checkpoint holding NaN or infinite values is refused.
 """
 import os
 import sys
@@ -20,6 +22,7 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from eval import evaluator
@@ -27,6 +30,7 @@ from eval import outputs
 import hpunet_jax
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import quiet_logs
+from hpunet_jax.runtime import run_record
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Task config; default: the one saved with the run.',
@@ -65,6 +69,13 @@ def main(argv):
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
     sys.exit(f'run_metrics: {e}')
   config = run.config
+  try:
+    unfinished = run_record.unfinished_note(_WORKDIR.value, run.step,
+                                            config.num_train_steps)
+  except ValueError as e:  # A damaged record: say so, evaluate anyway.
+    unfinished = str(e)
+  if unfinished:
+    logging.warning('%s', unfinished)
   if _NUM_EXAMPLES.value is not None:
     config.eval.num_examples = _NUM_EXAMPLES.value or None
   for name, flag in (('few_samples', _FEW_SAMPLES),

@@ -65,9 +65,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       num_classes=config.data.get_ref('num_car_ids') + NUM_OTHER_CLASSES,
       blocks_per_level=2, convs_per_block=3, num_input_channels=3)
   config.loss = config_common.geco_loss(kappa=0.77)
-  # 2e-4, halved after 70k iterations.
+  # 2e-4, halved after 70k iterations; no gradient clipping, as in the
+  # paper.
   config.optimizer = config_common.adam(boundaries=(70_000,),
-                                        learning_rates=(2e-4, 1e-4))
+                                        learning_rates=(2e-4, 1e-4),
+                                        clip_global_norm=None)
 
   if tiny:
     config_common.make_tiny(config)

@@ -2,17 +2,19 @@
 
 * `validate_values`: settings that would run to completion and mean nothing
   (no checkpoint kept, negative kappa, a GECO decay outside [0, 1),
-  non-positive learning rates).
+  non-positive learning rates, a non-positive gradient-clipping norm).
 * `check_image_size`: the model's `image_size` must fit inside the stored
   images (a larger crop trains on padding).
 * `unknown_override`: a `--config.a.b=...` naming no key, as one line with
   the nearest valid keys (for the command-line entry points).
 * `check_resume`: the config of a resumed run against the one saved with its
   checkpoint; a change outside `run_record.RESUME_SAFE_KEYS` (shapes, data,
-  objective, optimiser, batch size, seed) is an error listing the keys.
+  objective, optimiser, batch size, seed) is an error listing the keys,
+  unless the start accepts those keys (`--accept_config_changes`).
 """
 import difflib
 import importlib.util
+import math
 import os
 import re
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -54,6 +56,17 @@ def validate_values(config) -> None:
   if not rates or any(not float(r) > 0 for r in rates):
     raise ConfigError(f'config.optimizer.learning_rates must all be > 0, got '
                      f'{rates}.')
+  check_clip_global_norm(config.optimizer.get('clip_global_norm', None))
+
+
+def check_clip_global_norm(value: Optional[float]) -> None:
+  """None (no clipping) or a finite positive global norm."""
+  if value is None:
+    return
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or value <= 0):
+    raise ConfigError(f'config.optimizer.clip_global_norm must be None (no '
+                      f'clipping) or a finite number > 0, got {value!r}.')
 
 
 def check_image_size(config, stored_hw: Sequence[int]) -> None:
@@ -128,11 +141,14 @@ def unknown_override(argv: Sequence[str],
 
 def config_changes(saved: Mapping[str, Any], current: Any
                    ) -> List[Tuple[str, Any, Any]]:
-  """`(key, saved value, current value)` for every differing dotted key."""
-  saved_flat = run_record.flatten(run_record.to_dict(saved))
-  current_flat = run_record.flatten(run_record.to_dict(current))
+  """`(key, saved value, current value)` for every differing dotted key
+  (a key of `run_record.ADDED_KEYS` at its listed value counts as absent)."""
+  saved_flat = run_record.comparable(saved)
+  current_flat = run_record.comparable(current)
   missing = object()
-  return [(k, saved_flat.get(k, missing), current_flat.get(k, missing))
+  # An absent added key is shown at the value it stands for.
+  value = lambda flat, k: flat.get(k, run_record.ADDED_KEYS.get(k, missing))
+  return [(k, value(saved_flat, k), value(current_flat, k))
           for k in sorted(saved_flat.keys() | current_flat.keys())
           if saved_flat.get(k, missing) != current_flat.get(k, missing)]
 
@@ -142,16 +158,37 @@ def _shown(value) -> str:
       value, (str, int, float, bool, list, dict, type(None))) else repr(value)
 
 
-def check_resume(saved: Mapping[str, Any], current: Any, step: int) -> None:
+def _is_under(key: str, prefixes: Sequence[str]) -> bool:
+  return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+
+def check_accepted_keys(config: Any, accepted: Sequence[str]) -> None:
+  """Every key (or subtree) named by `--accept_config_changes` exists."""
+  keys = run_record.flatten(run_record.to_dict(config))
+  for name in accepted:
+    if not any(_is_under(k, [name]) for k in keys):
+      depth = name.count('.') + 1  # Keys or subtrees as deep as `name`.
+      candidates = sorted({'.'.join(k.split('.')[:depth]) for k in keys})
+      nearest = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+      raise ConfigError(
+          f'--accept_config_changes: the config has no key {name!r}'
+          + (f'; nearest: {", ".join(nearest)}.' if nearest else '.'))
+
+
+def check_resume(saved: Mapping[str, Any], current: Any, step: int,
+                 accepted: Sequence[str] = ()) -> None:
   """Raises ConfigDriftError for unsafe changes; logs the safe ones.
 
   Args:
     saved: the config saved with the checkpoint being resumed.
     current: this start's config.
     step: that checkpoint's step (for the messages).
+    accepted: dotted keys or subtrees (e.g. 'optimizer') whose changes the
+      user accepts (`--accept_config_changes`); logged, not refused.
   """
   changes = config_changes(saved, current)
-  unsafe = [c for c in changes if not run_record.is_resume_safe(c[0])]
+  unsafe = [c for c in changes if not run_record.is_resume_safe(c[0])
+            and not _is_under(c[0], accepted)]
   listed = lambda cs: ', '.join(f'{k}: {_shown(a)} -> {_shown(b)}'
                                 for k, a, b in cs)
   if unsafe:
@@ -159,7 +196,9 @@ def check_resume(saved: Mapping[str, Any], current: Any, step: int) -> None:
         f'the checkpoint at step {step} was trained with other settings '
         f'({listed(unsafe)}); these change the model, the data or the '
         'objective, so it cannot continue with them. Use the saved values '
-        'or another --workdir.')
+        'or another --workdir (or, to continue this run with them on '
+        'purpose, e.g. a lower learning rate after a non-finite loss, '
+        '--accept_config_changes=KEY,...).')
   if changes:
     logging.warning('Resuming from step %d with changed settings: %s.',
                     step, listed(changes))

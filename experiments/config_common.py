@@ -180,9 +180,11 @@ def elbo_loss(beta: float = 1.0,
   return config
 
 
-def adam(boundaries: Sequence[int],
-         learning_rates: Sequence[float]) -> ml_collections.ConfigDict:
-  """Adam with a piecewise-constant learning rate."""
+def adam(boundaries: Sequence[int], learning_rates: Sequence[float],
+         clip_global_norm: Optional[float] = None
+         ) -> ml_collections.ConfigDict:
+  """Adam with a piecewise-constant learning rate, after optional
+  global-norm gradient clipping."""
   return ml_collections.ConfigDict(dict(
       # Steps at which the learning rate changes (increasing).
       boundaries=tuple(int(b) for b in boundaries),
@@ -191,6 +193,11 @@ def adam(boundaries: Sequence[int],
       b1=0.9,  # Adam first-moment decay.
       b2=0.999,  # Adam second-moment decay.
       eps=1e-8,  # Adam epsilon.
+      # Scale the gradients down to this global norm (over all trainable
+      # parameters, as the logged grad_norm) before Adam; None = no
+      # clipping, as in the paper (docs/training_failures.md).
+      clip_global_norm=ml_collections.FieldReference(
+          clip_global_norm, field_type=float),
   ))
 
 

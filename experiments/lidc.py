@@ -71,7 +71,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # 1e-4 lowered to 0.5e-5 in 4 steps over 240k iterations.
     boundaries, learning_rates = config_common.geometric_schedule(
         1e-4, 5e-6, num_drops=4, num_steps=NUM_STEPS)
-  config.optimizer = config_common.adam(boundaries, learning_rates)
+  # The paper clips no gradients (clip_global_norm None).
+  config.optimizer = config_common.adam(boundaries, learning_rates,
+                                        clip_global_norm=None)
 
   if tiny:
     config_common.make_tiny(config)

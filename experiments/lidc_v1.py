@@ -27,7 +27,8 @@ NUM_STEPS = lidc.NUM_STEPS  # Paper: 240k iterations, every model.
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   variant, tiny = config_common.parse_arg(arg, VARIANTS, default='hpunet')
-  # The paper's LIDC model, loss, optimiser and evaluation, unchanged.
+  # The paper's LIDC model, loss, optimiser (no gradient clipping:
+  # optimizer.clip_global_norm None) and evaluation, unchanged.
   config = lidc.get_config(variant + (',tiny' if tiny else ''))
   # 'pickle' (seeded series split), 'hdf5' or 'hdf5_groups'; see the builder.
   config.data = config_common.data_config('lidc_v1', builder_config='pickle')

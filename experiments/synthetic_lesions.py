@@ -88,9 +88,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         kappa=3 * kappa if variant == 'global_latents' else kappa,
         top_k_fraction=0.0 if variant == 'no_topk' else 0.02,
         geco_multiplier='multiplicative', geco_multiplier_rate=0.02)
-  # A short run: a larger rate than the paper's, one drop at 80%.
+  # A short run: a larger rate than the paper's, one drop at 80%. No
+  # gradient clipping (None), as in the paper.
   config.optimizer = config_common.adam(boundaries=(1200,),
-                                        learning_rates=(5e-4, 1e-4))
+                                        learning_rates=(5e-4, 1e-4),
+                                        clip_global_norm=None)
 
   if tiny:
     config_common.make_tiny(config)

@@ -11,6 +11,14 @@ Examples:
 
 Rerunning the same command continues from the last checkpoint in `workdir`.
 SIGTERM makes the run save a checkpoint at the next step boundary and exit.
+A NaN or infinite loss or update stops the run before that step is saved;
+to continue it with other optimiser settings (a lower learning rate,
+gradient clipping), rerun with them and `--accept_config_changes=optimizer`
+(docs/training_failures.md):
+
+  python -m experiments.train --config=experiments/synthetic_lesions.py \
+      --workdir=/tmp/hpunet_lesions --config.optimizer.clip_global_norm=10 \
+      --accept_config_changes=optimizer
 
 Multi-process (several hosts, or several processes on one host): start one
 process per host with `--num_processes=P --process_id=i
@@ -44,6 +52,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and TensorBoard.')
+_ACCEPT_CHANGES = flags.DEFINE_list(
+    'accept_config_changes', [],
+    'Config keys or subtrees (comma-separated, e.g. optimizer or '
+    'optimizer.learning_rates,optimizer.boundaries) that may differ from the '
+    "resumed checkpoint's config; other changes that alter training are "
+    'refused. For continuing a run with a lower learning rate or gradient '
+    'clipping after a non-finite loss.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False,
     'Call jax.distributed.initialize() with cluster auto-detection.')
@@ -87,7 +102,8 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.devices(),
                memory_setting)
   try:
-    train_lib.train_and_evaluate(config, _WORKDIR.value)
+    train_lib.train_and_evaluate(config, _WORKDIR.value,
+                                 _ACCEPT_CHANGES.value)
   except (workdir_lock.WorkdirError, checkpointing.CheckpointError,
           config_checks.ConfigError, train_lib.NonFiniteLossError) as e:
     # Expected refusals (another trainer, a file as workdir, damaged or

@@ -12,7 +12,7 @@ together.
 """
 import contextlib
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -36,7 +36,15 @@ from hpunet_jax.runtime import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradients became NaN or infinite."""
+  """The loss, the gradients or the updated state became NaN or infinite.
+
+  Attributes:
+    step: the step whose loss or update was non-finite.
+  """
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -86,13 +94,26 @@ def _abstract_state(init_fn: Callable, rng: jax.Array,
 
 def _check_finite(step: int, scalars: Mapping[str, np.ndarray],
                   last_checkpoint: Optional[int]) -> None:
+  """Raises NonFiniteLossError when `step`'s loss, gradients or updated
+  state (`non_finite_state`, counted in the jitted step) are non-finite."""
   bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(scalars[k])]
+  state_values = int(scalars['non_finite_state'])
+  if not bad and not state_values:
+    return
   if bad:
-    kept = (f'The last checkpoint (step {last_checkpoint}) is kept.'
-            if last_checkpoint else 'No checkpoint was saved before it.')
-    raise NonFiniteLossError(
-        f'Non-finite {" and ".join(bad)} at step {step} '
-        f'({", ".join(f"{k}={scalars[k]}" for k in bad)}); stopping. {kept}')
+    what = (f'{" and ".join(bad)} at step {step} '
+            f'({", ".join(f"{k}={scalars[k]}" for k in bad)})')
+  else:
+    what = (f'train state after the update of step {step} ({state_values} '
+            f'NaN/inf values; learning_rate={scalars["learning_rate"]}, '
+            f'grad_norm={scalars["grad_norm"]})')
+  kept = (f'The last checkpoint (step {last_checkpoint}) is kept.'
+          if last_checkpoint else 'No checkpoint was saved before it.')
+  raise NonFiniteLossError(
+      f'Non-finite {what}; stopping. {kept} To go on, lower '
+      'config.optimizer.learning_rates or set config.optimizer.'
+      'clip_global_norm and rerun with --accept_config_changes=optimizer '
+      '(docs/training_failures.md).', step=step)
 
 
 def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -142,14 +163,17 @@ def _batch_shapes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   return batch_example, init_batch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> train_step.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       accepted_changes: Sequence[str] = ()
+                       ) -> train_step.TrainState:
   """Trains (resuming from `<workdir>/checkpoints` if any), then evaluates.
 
   Args:
     config: a task config (see `experiments/<task>.py`).
     workdir: run directory: checkpoints, metrics.jsonl, TensorBoard events,
       config.json.
+    accepted_changes: config keys or subtrees (e.g. 'optimizer') that may
+      differ from the resumed checkpoint's config (`--accept_config_changes`).
 
   Returns:
     The final train state.
@@ -159,16 +183,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       `workdir`, or it is a file.
     CheckpointError: (`ConfigDriftError`, `NoReadableCheckpointError`) the
       checkpoints cannot be resumed with this config.
+    NonFiniteLossError: a step's loss or update was NaN or infinite; it is
+      not saved, and `run_record.read_non_finite` reports it.
   """
   validate_config(config)
+  config_checks.check_accepted_keys(config, accepted_changes)
   # Only process 0 locks: the other processes of a run share its workdir.
   with (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
         else contextlib.nullcontext()):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, tuple(accepted_changes))
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict,
-                        workdir: str) -> train_step.TrainState:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        accepted_changes: Tuple[str, ...]
+                        ) -> train_step.TrainState:
   """`train_and_evaluate` with the workdir locked."""
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -204,7 +232,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     start_step, state = resume.restore_or_init(
         checkpointer, config, lambda: _init_state(init_fn, rng, state_sharding),
         lambda: _abstract_state(init_fn, rng, state_sharding), train_iter,
-        initial_loader_state)
+        initial_loader_state, accepted_changes)
   except BaseException:
     checkpointer.close()
     raise
@@ -225,6 +253,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         config, state, start_step, step_fn, mesh, train_iter, writer,
         lambda step, state, loader_state: checkpointer.save(
             step, state, loader_state, config_json))
+  except NonFiniteLossError as e:
+    if process_index == 0:
+      run_record.write_non_finite(workdir, e.step, str(e))
+    raise
   finally:
     checkpointer.wait_until_finished()
     checkpointer.close()
@@ -249,8 +281,9 @@ def _train_loop(config: ml_collections.ConfigDict,
     early (after saving a checkpoint).
 
   Raises:
-    NonFiniteLossError: at the first step with a NaN/inf loss or gradient,
-      before that step's state is saved.
+    NonFiniteLossError: at the first step with a NaN/inf loss, gradient or
+      updated state, before that step's state is saved (so every saved
+      checkpoint is finite).
   """
   total_steps = config.num_train_steps
   last_checkpoint = start_step or None

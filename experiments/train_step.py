@@ -11,6 +11,7 @@ import optax
 
 from datasets import augment
 from datasets import masking
+from experiments import config_checks
 from experiments import sharding
 from hpunet_jax import models
 from hpunet_jax import objective
@@ -61,23 +62,59 @@ def make_learning_rate_schedule(
   return schedule
 
 
+def clip_gradients(
+    inner: optax.GradientTransformation,
+    max_norm: Optional[float]) -> optax.GradientTransformation:
+  """`inner` fed gradients scaled to global norm <= `max_norm`
+  (`optax.clip_by_global_norm`); `inner` itself for None.
+
+  The clipping is stateless and its state is left out, so the optimiser
+  state is `inner`'s with or without clipping: a checkpoint resumes with
+  clipping turned on, off or changed.
+  """
+  if max_norm is None:
+    return inner
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(grads, state, params=None):
+    grads, _ = clip.update(grads, clip.init(grads))
+    return inner.update(grads, state, params)
+
+  return optax.GradientTransformation(inner.init, update)
+
+
 def make_optimizer(
     optimizer_config: Mapping[str, Any]
 ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adam with the config's piecewise-constant schedule.
+  """Adam with the config's piecewise-constant schedule, after optional
+  global-norm gradient clipping.
 
   Args:
-    optimizer_config: `boundaries`, `learning_rates`, `b1`, `b2`, `eps`.
+    optimizer_config: `boundaries`, `learning_rates`, `b1`, `b2`, `eps`,
+      `clip_global_norm` (None or absent = no clipping).
 
   Returns:
     `(optimizer, schedule)`.
   """
+  clip_global_norm = optimizer_config.get('clip_global_norm', None)
+  config_checks.check_clip_global_norm(clip_global_norm)
   schedule = make_learning_rate_schedule(optimizer_config['boundaries'],
                                          optimizer_config['learning_rates'])
   optimizer = optax.adam(schedule, b1=optimizer_config['b1'],
                          b2=optimizer_config['b2'],
                          eps=optimizer_config['eps'])
-  return optimizer, schedule
+  return clip_gradients(optimizer, clip_global_norm), schedule
+
+
+def count_non_finite(tree: Any) -> jax.Array:
+  """int32 scalar: NaN and infinite values among the floating leaves of
+  `tree`, in one reduction over their concatenation (inside a jitted step
+  XLA fuses the concatenation into the reduction)."""
+  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  if not leaves:
+    return jnp.zeros((), jnp.int32)
+  return jnp.sum(~jnp.isfinite(jnp.concatenate(leaves)), dtype=jnp.int32)
 
 
 def init_train_state(rng: jax.Array, batch: Mapping[str, jax.Array], *,
@@ -121,7 +158,9 @@ def make_train_step(*, model: models.Model,
 
   Returns:
     `train_step(state, batch) -> (state, scalars)`; `scalars` holds the
-    objective's scalars plus `learning_rate` and `grad_norm`.
+    objective's scalars plus `learning_rate`, `grad_norm` (global norm of
+    the gradients, before clipping) and `non_finite_state` (NaN/inf values
+    in the new state's parameters, optimiser and GECO state).
   """
   loss_config, augment_config = dict(loss_config), dict(augment_config)
   masking_config = dict(masking_config) if masking_config else None
@@ -140,9 +179,8 @@ def make_train_step(*, model: models.Model,
     batch = jax.lax.with_sharding_constraint(
         batch, sharding.batch_shardings(mesh, batch))
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    # The model's feature maps take their per-level shardings from the mesh
-    # (`hpunet_jax.partitioning`); what `jax.set_mesh` does outside jit.
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    # Per-level feature-map shardings while the model is traced.
+    with sharding.model_partitioning(mesh):
       (_, (geco_state, scalars)), grads = grad_fn(
           state.trainable, state.geco_state, loss_rng, batch, model=model,
           loss_config=loss_config)
@@ -150,11 +188,15 @@ def make_train_step(*, model: models.Model,
                                           state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     trainable = objective.update_multiplier(trainable, scalars, loss_config)
-    scalars = dict(scalars, learning_rate=schedule(state.step),
-                   grad_norm=optax.tree.norm(grads))
     new_state = TrainState(step=state.step + 1, trainable=trainable,
                            opt_state=opt_state, geco_state=geco_state,
                            rng=rng)
+    # grad_norm is before clipping; non_finite_state counts NaN/inf in what
+    # a checkpoint of this step would save (the loop stops on any).
+    scalars = dict(scalars, learning_rate=schedule(state.step),
+                   grad_norm=optax.tree.norm(grads),
+                   non_finite_state=count_non_finite(
+                       (trainable, opt_state, geco_state)))
     return new_state, scalars
 
   def train_step_at_precision(state: TrainState, batch):

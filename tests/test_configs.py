@@ -47,6 +47,8 @@ def test_config_is_complete_and_consistent(task, arg):
   # input size.
   assert pipeline.num_classes(config.data) == config.model.num_classes
   assert tuple(config.augment.crop_size) == tuple(config.image_size)
+  # Gradient clipping is off in every config (the paper clips none).
+  assert config.optimizer.clip_global_norm is None
   assert config.model_type in ('hpunet', 'spunet')
   assert config.loss.objective == ('elbo' if config.model_type == 'spunet'
                                    else 'geco')

@@ -252,6 +252,10 @@ def test_finished_record_and_metrics_name_step_and_config(tiny_run, data_dir,
     ('loss.geco_decay', -0.5, r'geco_decay must be in \[0, 1\)'),
     ('optimizer.learning_rates', (1e-3, -1e-4),
      'learning_rates must all be > 0'),
+    ('optimizer.clip_global_norm', 0.0,
+     'clip_global_norm must be None .* or a finite number > 0, got 0.0'),
+    ('optimizer.clip_global_norm', float('inf'),
+     'clip_global_norm must be None .* or a finite number > 0, got inf'),
 ])
 def test_out_of_range_values_fail_before_training(tmp_path, key, value,
                                                   message):

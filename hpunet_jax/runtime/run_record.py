@@ -10,6 +10,9 @@
 * `finished.json`, written once the final checkpoint is on disk, holds the
   step and config hash of a completed run; a run resumed past it loses it
   until it completes again. Consumers (the study) trust only this record.
+* `non_finite.json`, written when training stops on a NaN or infinite loss
+  or state, holds that step and the trainer's message; the next start that
+  trains drops it.
 """
 import hashlib
 import json
@@ -17,6 +20,7 @@ import os
 from typing import Any, Dict, Mapping, Optional
 
 FINISHED_FILE = 'finished.json'
+NON_FINITE_FILE = 'non_finite.json'
 CONFIG_FILE = 'config.json'
 # Keys (dotted paths; a prefix covers its subtree) that may differ between the
 # starts of one run: how long, how often to log/save/evaluate, where files
@@ -27,6 +31,11 @@ RESUME_SAFE_KEYS = (
     'checkpoints_to_keep', 'compilation_cache_dir', 'xla_cpu_eigen_conv',
     'mesh_shape', 'eval', 'data.data_dir', 'data.manual_dir',
     'data.read_threads', 'data.prefetch_buffer_size')
+
+# Keys configs gained after runs were recorded, with the value that trains as
+# those runs did: at that value a key counts as absent, so the runs' config
+# hashes stay valid and they resume without a drift error.
+ADDED_KEYS = {'optimizer.clip_global_norm': None}
 
 
 def to_dict(config: Any) -> Dict[str, Any]:
@@ -52,9 +61,16 @@ def is_resume_safe(key: str) -> bool:
              for safe in RESUME_SAFE_KEYS)
 
 
+def comparable(config: Any) -> Dict[str, Any]:
+  """The config flattened, without `ADDED_KEYS` at their listed values."""
+  return {k: v for k, v in flatten(to_dict(config)).items()
+          if not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
+
 def config_hash(config: Any) -> str:
-  """16 hex digits of sha256 over the config's non-resume-safe keys."""
-  kept = {k: v for k, v in flatten(to_dict(config)).items()
+  """16 hex digits of sha256 over the config's non-resume-safe keys
+  (`ADDED_KEYS` at their listed values left out)."""
+  kept = {k: v for k, v in comparable(config).items()
           if not is_resume_safe(k)}
   text = json.dumps(kept, sort_keys=True, separators=(',', ':'))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -71,29 +87,76 @@ def write_config(workdir: str, config: Any, start_step: int) -> None:
     os.replace(path + '.tmp', path)
 
 
-def write_finished(workdir: str, step: int, config: Any) -> None:
-  """Records that the run completed `step` steps with this config."""
-  path = os.path.join(workdir, FINISHED_FILE)
+def _write_record(workdir: str, name: str, record: Dict[str, Any]) -> None:
+  path = os.path.join(workdir, name)
   with open(path + '.tmp', 'w') as f:
-    json.dump({'step': int(step), 'config_hash': config_hash(config)}, f)
+    json.dump(record, f)
   os.replace(path + '.tmp', path)
 
 
-def clear_finished(workdir: str) -> None:
-  """Drops the record before training past it."""
-  path = os.path.join(workdir, FINISHED_FILE)
-  if os.path.exists(path):
-    os.remove(path)
-
-
-def read_finished(workdir: str) -> Optional[Dict[str, Any]]:
-  """`{'step', 'config_hash'}` of a completed run, or None."""
-  path = os.path.join(workdir, FINISHED_FILE)
+def _read_record(workdir: str, name: str) -> Optional[Dict[str, Any]]:
+  path = os.path.join(workdir, name)
   try:
     with open(path) as f:
-      record = json.load(f)
+      return json.load(f)
   except FileNotFoundError:
     return None
   except ValueError as e:
     raise ValueError(f'{path} is not valid JSON ({e}).') from None
-  return record
+
+
+def _clear_record(workdir: str, name: str) -> None:
+  path = os.path.join(workdir, name)
+  if os.path.exists(path):
+    os.remove(path)
+
+
+def write_finished(workdir: str, step: int, config: Any) -> None:
+  """Records that the run completed `step` steps with this config."""
+  _write_record(workdir, FINISHED_FILE,
+                {'step': int(step), 'config_hash': config_hash(config)})
+
+
+def clear_finished(workdir: str) -> None:
+  """Drops the record before training past it."""
+  _clear_record(workdir, FINISHED_FILE)
+
+
+def read_finished(workdir: str) -> Optional[Dict[str, Any]]:
+  """`{'step', 'config_hash'}` of a completed run, or None."""
+  return _read_record(workdir, FINISHED_FILE)
+
+
+def write_non_finite(workdir: str, step: int, message: str) -> None:
+  """Records that training stopped on non-finite values at `step`."""
+  _write_record(workdir, NON_FINITE_FILE,
+                {'step': int(step), 'message': message})
+
+
+def clear_non_finite(workdir: str) -> None:
+  """Drops the record when training goes on."""
+  _clear_record(workdir, NON_FINITE_FILE)
+
+
+def read_non_finite(workdir: str) -> Optional[Dict[str, Any]]:
+  """`{'step', 'message'}` of the last stop on non-finite values, or None."""
+  return _read_record(workdir, NON_FINITE_FILE)
+
+
+def unfinished_note(workdir: str, step: int,
+                    num_train_steps: int) -> Optional[str]:
+  """One line for an evaluation of checkpoint `step` of a run that stopped
+  on non-finite values or has not finished; None for a finished run.
+
+  Raises:
+    ValueError: a record is not valid JSON.
+  """
+  stopped = read_non_finite(workdir)
+  if stopped is not None:
+    return (f'{workdir} stopped on non-finite values at step '
+            f'{stopped["step"]}: evaluating its last finite checkpoint (step '
+            f'{step}), not a finished run.')
+  if read_finished(workdir) is None:
+    return (f'{workdir} has not finished training (no {FINISHED_FILE}): '
+            f'evaluating checkpoint step {step} of {num_train_steps}.')
+  return None
