@@ -179,8 +179,9 @@ def make_train_step(*, model: models.Model,
     batch = jax.lax.with_sharding_constraint(
         batch, sharding.batch_shardings(mesh, batch))
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    # Per-level feature-map shardings while the model is traced.
-    with sharding.model_partitioning(mesh):
+    # The model's feature maps take their per-level shardings from the mesh
+    # (`hpunet_jax.partitioning`); what `jax.set_mesh` does outside jit.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       (_, (geco_state, scalars)), grads = grad_fn(
           state.trainable, state.geco_state, loss_rng, batch, model=model,
           loss_config=loss_config)
