@@ -15,7 +15,9 @@ Tasks (from `config.data.name`):
   under the protocol of `config.eval` (`task_scores.LesionProtocol`, written
   into the summary as `protocol`); with the exact
   distribution (synthetic): `exact_ged` (N samples), `exact_hm_iou` (16
-  samples) and an `oracle` row of samples drawn from the true distribution.
+  samples), the answer's hierarchy (`style_coherence`, `style_tv`,
+  `presence_bias`, `eval.lesion_styles`) and an `oracle` row of samples
+  drawn from the true distribution.
 - instances (`synthetic_cells`, `snemi3d`): `iou_rec`, `rand_error` of the
   Hamming clustering of 16 samples.
 - `cityscapes_cars`: `iou_rec` (car classes), `rand_error`, `ap`, `ap50`.
@@ -294,26 +296,35 @@ class Evaluator:
                                 for k, v in per_image.items()}, figures)
 
 
-def format_table(summary: Dict[str, Any]) -> str:
-  """A readable table: one row for the model, one for the oracle."""
-  names = [k for k in summary if not k.endswith('_std')
-           and isinstance(summary[k], float)]
+def format_table(summary: Dict[str, Any], line_width: int = 120) -> str:
+  """A readable table: one row for the model, one for the oracle; metrics
+  that do not fit `line_width` characters continue in further blocks."""
   rows = [('model', summary)]
   if 'oracle' in summary:
     rows.append(('oracle', summary['oracle']))
+  # The model's metrics, then the oracle's that the model lacks (undefined
+  # on every image, e.g. a coherence where no sample has two lesions).
+  names = []
+  for _, values in rows:
+    names += [k for k in values if not k.endswith('_std') and k not in names
+              and isinstance(values[k], float)]
   # At least one space between columns, however long the metric names.
   width = max([18] + [len(n) + 1 for n in names])
-  header = f"{'':8s}" + ''.join(f'{n:>{width}s}' for n in names)
-  lines = [header]
-  for label, values in rows:
-    cells = []
-    for n in names:
-      if n in values and not math.isnan(values[n]):
-        cells.append(f"{values[n]:9.4f} ±{values.get(n + '_std', 0):7.4f}")
-      else:
-        cells.append('-')
-    lines.append(f'{label:8s}' + ''.join(f'{c:>{width}s}' for c in cells))
-  return '\n'.join(lines)
+  per_block = max(1, (line_width - 8) // width)
+  blocks = []
+  for start in range(0, max(len(names), 1), per_block):
+    block = names[start:start + per_block]
+    lines = [f"{'':8s}" + ''.join(f'{n:>{width}s}' for n in block)]
+    for label, values in rows:
+      cells = []
+      for n in block:
+        if n in values and not math.isnan(values[n]):
+          cells.append(f"{values[n]:9.4f} ±{values.get(n + '_std', 0):7.4f}")
+        else:
+          cells.append('-')
+      lines.append(f'{label:8s}' + ''.join(f'{c:>{width}s}' for c in cells))
+    blocks.append('\n'.join(lines))
+  return '\n\n'.join(blocks)
 
 
 def evaluate(config, params, model, split: str, num_samples: int,

@@ -1,10 +1,12 @@
 """Scores of the synthetic-lesions oracle: gradings drawn from the enumerated
 answer distribution, scored exactly as the evaluator scores a model's samples
-(`eval.task_scores`). Used by `experiments/study/oracle_scores.py`."""
+(`eval.task_scores`, with the hierarchy scores of `eval.lesion_styles`).
+Used by `experiments/study/oracle_scores.py`."""
 import numpy as np
 
 from datasets import pipeline
 from eval import bootstrap
+from eval import lesion_styles
 from eval import task_scores
 
 
@@ -13,7 +15,8 @@ def oracle_scores(data_config, num_examples: int, num_samples: int,
                   protocol: task_scores.LesionProtocol = (
                       task_scores.PAPER_PROTOCOL)
                   ) -> dict:
-  """`{metric: [mean, bootstrap std]}` of the oracle over the test images.
+  """`{metric: [mean, bootstrap std]}` of the oracle over the test images
+  (a metric undefined on every image is absent).
 
   Args:
     data_config: `config.data`-like mapping (name, builder_config, data_dir).
@@ -32,7 +35,14 @@ def oracle_scores(data_config, num_examples: int, num_samples: int,
     samples = modes[rng.choice(len(probs), size=num_samples, p=probs)]
     values = task_scores.distribution_scores(
         samples, example['graders'] > 0, protocol, modes, probs)
+    values.update(lesion_styles.hierarchy_scores(samples,
+                                                 example['lesion_params']))
     for name, value in values.items():
       per_image.setdefault(name, []).append(value)
-  return {name: list(bootstrap.bootstrap_mean_std(values, rng=rng))
-          for name, values in per_image.items()}
+  # As the evaluator: images where a metric is undefined (nan, e.g. the
+  # style coherence of a one-lesion image) are left out of its mean.
+  finite = {name: np.asarray(values, np.float64) for name, values in
+            per_image.items()}
+  finite = {name: v[np.isfinite(v)] for name, v in finite.items()}
+  return {name: list(bootstrap.bootstrap_mean_std(v, rng=rng))
+          for name, v in finite.items() if v.size}

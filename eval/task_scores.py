@@ -15,6 +15,7 @@ from datasets import preprocess
 from eval import clustering
 from eval import field_metrics
 from eval import instance_metrics
+from eval import lesion_styles
 from eval import metrics
 
 Scores = Tuple[Dict[str, float], Dict[str, float], Dict[str, np.ndarray]]
@@ -103,7 +104,9 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
   papers' metrics (`eval.field_metrics`): `diversity_<n>`, `ece` (the
   samples' foreground fraction against the graders' mean, all samples) and,
   given `sample_foreground` (float `[N, H, W]`, each sample's foreground
-  softmax), PHiSeg's `ncc` over all samples.
+  softmax), PHiSeg's `ncc` over all samples. Synthetic-lesions examples
+  (with `lesion_params`) add `lesion_styles.hierarchy_scores` of all
+  samples: `style_coherence`, `style_tv`, `presence_bias`.
   """
   graders = np.asarray(example['graders']) > 0  # [G, H, W]
   images = np.repeat(example['image'][None], len(graders), axis=0)
@@ -122,6 +125,9 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
     values['ncc'] = field_metrics.variance_ncc(
         field_metrics.binary_class_probabilities(sample_foreground),
         graders.astype(np.int64))
+  lesion_params = example.get('lesion_params')
+  if lesion_params is not None:
+    values.update(lesion_styles.hierarchy_scores(samples, lesion_params))
   few_key = f'ged_{min(protocol.few_samples, len(samples))}'
   if example.get('subset_b', False):
     values['hm_iou_subset_b'] = values['hm_iou']
@@ -131,6 +137,9 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
     oracle = modes[rng.choice(len(probs), size=len(samples), p=probs)]
     oracle_values = distribution_scores(oracle, graders, protocol, modes,
                                          probs)
+    if lesion_params is not None:
+      oracle_values.update(lesion_styles.hierarchy_scores(oracle,
+                                                          lesion_params))
   arrays = dict(image=example['image'], graders=graders, recon=recon,
                 samples=samples[:FEW_SAMPLES])
   return values, oracle_values, arrays

@@ -109,6 +109,7 @@ def test_oracle_scores_script_on_tiny(tmp_path):
       {'name': 'synthetic_lesions', 'builder_config': 'tiny',
        'data_dir': str(tmp_path)}, num_examples=4, num_samples=16)
   assert set(scores) == {'ged_16', 'diversity_16', 'hm_iou', 'exact_ged',
-                         'exact_hm_iou'}
+                         'exact_hm_iou', 'style_coherence', 'style_tv',
+                         'presence_bias'}
   assert 0 <= scores['exact_ged'][0] < 0.1  # Samples of the truth itself.
   assert all(np.isfinite(v).all() for v in scores.values())

@@ -5,7 +5,8 @@
   std from ... random inits and 1000 bootstraps").
 * Per-level analysis (issue 6 (a)): a lesion sample is decoded into the grader
   style and the presence of each lesion, using the image's generating
-  parameters (v1 `LesionParams` or v2 `LesionParamsV2`); sampling only one
+  parameters (v1 `LesionParams` or v2 `LesionParamsV2`;
+  `eval.lesion_styles.decode_lesion_samples`); sampling only one
   latent level at a time (the others at the prior mean) then shows which
   factor each level carries.
 
@@ -19,61 +20,11 @@ import numpy as np
 
 from datasets.synthetic_lesions import generator
 from eval import bootstrap
+from eval import lesion_styles
 
 
-def decode_lesion_samples(
-    samples: np.ndarray, params,
-    presence_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
-  """Reads (grader style, lesion presence) off binary lesion samples.
-
-  Both data versions share one answer model: style `s` marks lesion `i` as
-  `{field_i <= style_scales[s]}` with `field = params.style_field()`, v1's
-  normalised radius (styles scale a disk-like outline) or v2's signed
-  distance to the lesion's mask in px (styles erode / keep / dilate it by
-  `style_scales[s]`, the v2 spec's `style_offsets`). Lesion `i` is present
-  when the sample covers at least `presence_threshold` of its narrowest
-  style's mask `{field_i <= min(style_scales)}`, which every style's mask
-  contains. The style is the one whose grading of the present lesions
-  (`union_i {field_i <= style_scales[s]}`) has the highest IoU with the
-  sample; styles whose gradings coincide (v1's tiny lesions; never on v2,
-  whose offsets move every outline by at least a pixel) resolve to the
-  first (narrowest). A true grading therefore decodes to its own style and
-  subset exactly (tested on every enumerated mode of v2 images).
-
-  Args:
-    samples: bool `[S, H, W]` foreground masks.
-    params: the image's generating parameters (`generator.LesionParams` or
-      `generator_v2.LesionParamsV2`).
-    presence_threshold: covered fraction of the narrowest-style mask, in
-      (0, 1].
-
-  Returns:
-    `styles` int `[S]` (index into `params.style_scales`; -1 where no lesion
-    is present, so the style is undefined) and `present` bool `[S, N]`.
-  """
-  if not 0 < presence_threshold <= 1:
-    raise ValueError(f'presence_threshold must be in (0, 1], got '
-                     f'{presence_threshold}.')
-  samples = np.asarray(samples, bool)
-  field = params.style_field()  # [N, H, W]
-  if samples.shape[1:] != field.shape[1:]:
-    raise ValueError(f'samples of shape {samples.shape} do not match the '
-                     f'{field.shape[1:]} image of the lesion parameters.')
-  scales = np.asarray(params.style_scales, np.float64)
-  core = (field <= scales.min()).reshape(len(field), -1)  # [N, H*W]
-  flat = samples.reshape(len(samples), -1).astype(np.float32)
-  covered = flat @ core.T.astype(np.float32)  # [S, N]
-  present = covered >= presence_threshold * np.maximum(core.sum(1), 1)
-  ious = []
-  for scale in scales:
-    inside = (field <= scale).reshape(len(field), -1).astype(np.float32)
-    grading = (present.astype(np.float32) @ inside) > 0  # [S, H*W]
-    union = np.sum(grading | (flat > 0), axis=1)
-    intersection = np.sum(grading & (flat > 0), axis=1)
-    ious.append(intersection / np.maximum(union, 1))
-  styles = np.argmax(np.stack(ious, axis=1), axis=1)
-  styles = np.where(present.any(axis=1), styles, -1)
-  return styles, present
+# One decoding for the study and the evaluator (`eval.lesion_styles`).
+decode_lesion_samples = lesion_styles.decode_lesion_samples
 
 
 def style_disagreement(styles: np.ndarray) -> float:
