@@ -40,7 +40,8 @@ TRAIN_SETUPS = {
 # Per-compilation XLA:CPU options compared by the benchmarks. jaxlib 0.10.2
 # hands dots, reductions and convolutions to YNNPACK by default; 'eigen_conv'
 # keeps YNNPACK for dots and reductions but runs convolutions on XLA's own
-# (Eigen) kernels, which is faster for this network (see README.md). It gives
+# (Eigen) kernels, which is faster for this network (docs/training.md,
+# "Speed on CPU"). It gives
 # the same optimised HLO as the flag
 #   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 # but is set per `jit`/`compile`. The trainer and evaluator use the same set

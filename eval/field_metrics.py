@@ -1,5 +1,5 @@
-"""Metrics other LIDC papers report, for one image (see README, "How the
-published LIDC numbers were computed").
+"""Metrics other LIDC papers report, for one image (see
+docs/lidc_protocols.md, "How the published LIDC numbers were computed").
 
 * `sample_diversity`: `E[d(S, S')]`, the within-samples term of GED^2
   (d = 1 - IoU), as PHiSeg's fork used by SSN and CCDM report it.

@@ -28,8 +28,8 @@ HM_IOU_CONVENTIONS = ('lcm', 'repeat_gt')
 class LesionProtocol(NamedTuple):
   """How the lesion tasks' distribution metrics are computed.
 
-  The defaults are the HPU-Net paper's (README, "How the published LIDC
-  numbers were computed", gives the other papers' and their flags).
+  The defaults are the HPU-Net paper's (docs/lidc_protocols.md gives the
+  other papers' and their flags).
 
   Attributes:
     few_samples: GED^2 "at few", the diversity at few and the HM-IoU use the

@@ -289,8 +289,8 @@ def eval_config(num_samples: int, *, cluster_alpha: int = 16,
       # Instance clustering: what an eroded-away pixel with no valid
       # neighbour becomes ('keep' its id, or 'background').
       cluster_no_neighbour=cluster_no_neighbour,
-      # Lesion tasks' protocol (eval.task_scores.LesionProtocol; README, "How
-      # the published LIDC numbers were computed"). GED^2 and diversity are
+      # Lesion tasks' protocol (eval.task_scores.LesionProtocol;
+      # docs/lidc_protocols.md). GED^2 and diversity are
       # reported at few_samples and at num_samples, HM-IoU at few_samples.
       few_samples=16,  # The HPU-Net paper's 16.
       # HM-IoU matching: 'lcm' (both sets duplicated to their least common

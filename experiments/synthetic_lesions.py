@@ -5,8 +5,8 @@ r"""Synthetic lesions: LIDC-like, with an exactly known answer distribution.
 
 The data set is generated (no download) and built into `config.data.data_dir`
 on first use: version 2 (`default` builder config, 2-4 lesions whose outline
-and presence probability the image shows exactly; README "Synthetic lesions
-v2"). The issue-6 study's version 1 is `--config.data.builder_config=v1`
+and presence probability the image shows exactly; docs/synthetic_study.md).
+The earlier version 1 is `--config.data.builder_config=v1`
 (with `--config.loss.kappa=0.05 --config.loss.geco_multiplier=adam` for its
 old settings). The default is sized for a 2-core CPU: 64x64 images, a
 7-level model with 16-32 channels, one res-block per level and three scalar
@@ -68,7 +68,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # kappa, calibrated for this task (the paper picks it per task; LIDC's
     # 0.05 per top-k pixel is out of reach here): a run of this config with
     # a large fixed multiplier (ELBO with beta = 0.01 = 1 / lambda, top-k on,
-    # 600 steps; README "kappa") reached 0.17 nats per top-k pixel (mean of
+    # 600 steps; docs/synthetic_study.md, "Settings of the synthetic-lesions
+    # config") reached 0.17 nats per top-k pixel (mean of
     # its last three logged steps), its floor at this budget. kappa = 0.25
     # lies about 1.5x above it, so
     # GECO can meet the constraint within the run and then trade the slack
@@ -78,10 +79,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # Lambda's own multiplicative update (Rezende & Viola 2018), not the
     # authors' v-in-Adam rule, under which lambda moves by about the
     # learning rate per step and stays in its rising phase for 10^4+ steps
-    # (README "GECO multiplier"). log lambda moves by rate x (constraint per
+    # (docs/synthetic_study.md, "GECO multiplier"). log lambda moves by rate x (constraint per
     # pixel, moving average): 0.02 gives about +0.006 per step at the start
     # (0.3 nats per pixel above kappa) and -0.003 per step at 0.15 below it.
-    # Measured (README "Synthetic lesions v2"): lambda rises to 23.7 by step
+    # Measured (docs/synthetic_study.md, "The main job and what GECO does"): lambda rises to 23.7 by step
     # 700, where the constraint is met, then falls to 1.5 by step 1500 while
     # the KL shrinks from 67 to 17-24 nats. 0.1 overshot to lambda 1.4e4.
     config.loss = config_common.geco_loss(

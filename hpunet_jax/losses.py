@@ -6,7 +6,7 @@
 - `geco_moving_average`, `lagrange_multiplier`, `geco_loss`: Eq. 6 as coded.
 - `geco_constrained_loss`, `multiplicative_lagrange_update`: the same loss
   with a multiplier of its own update rule (Rezende & Viola 2018), a
-  documented deviation for short runs (README).
+  documented deviation for short runs (docs/paper_notes.md, section 27).
 - `weight_decay_loss`: the 1e-5 L2 term of Appx. D.
 
 Shape glossary: `B` batch, `H, W` image size, `K` classes, `D` latent dims.

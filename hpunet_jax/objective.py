@@ -13,7 +13,7 @@ reconstruction term and the weight-decay term of Appx. D.
   geco_multiplier: how lambda is updated. 'adam' (the authors' code):
     `lambda = softplus(v)^2`, v trained by the weights' Adam with its
     gradient scaled by `-geco_rate`. 'multiplicative' (a deviation for short
-    runs, README): `lambda <- lambda * exp(geco_multiplier_rate * C)` with C
+    runs, docs/paper_notes.md section 27): `lambda <- lambda * exp(geco_multiplier_rate * C)` with C
     the moving-average constraint per pixel, applied by the train step
     (`update_multiplier`); lambda gets no gradient.
   geco_multiplier_rate: the multiplicative rule's step per nat of C (> 0).

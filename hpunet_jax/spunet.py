@@ -13,7 +13,7 @@ features, 1x1 convs to logits
 (SimonKohl/probabilistic_unet: He-normal kernels everywhere, bilinear
 up-sampling with aligned corners; the configs' default) and the HPU-Net's
 choices (orthogonal kernels, nearest neighbour), with which the ~30-layer
-plain ReLU stack starts with a near-vanishing output (README).
+plain ReLU stack starts with a near-vanishing output (docs/paper_mapping.md).
 
 Shape glossary: `B` batch, `H, W` image size, `C` channels, `K` classes, `D`
 latent dims.

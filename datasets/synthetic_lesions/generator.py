@@ -26,8 +26,8 @@ float32 before use, so what a data set stores regenerates its modes exactly.
 
 This is version 1 of the data (builder configs `v1`, `v1_many_lesions`,
 `v1_tiny`). Its image does not pin down the answer (the soft edge and the
-faint cue leave both the outline and `p_i` uncertain; README "Synthetic
-lesions v2"); `generator_v2` renders the well-posed version 2. Both share the
+faint cue leave both the outline and `p_i` uncertain; docs/synthetic_study.md,
+"Version 1 of the benchmark"); `generator_v2` renders the well-posed version 2. Both share the
 answer model: a grading is the union over segmented lesions of
 `{style_field_i <= style_scales[s]}`, so `enumerate_modes` and
 `oracle_sample` serve both (`params.style_field()`).

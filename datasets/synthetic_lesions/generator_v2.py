@@ -2,7 +2,7 @@
 
 Version 1 (`generator`) blurred the outline and hid each lesion's
 probability in a faint cue, so no reader of the image could reach its oracle
-(README "Synthetic lesions v2"). Here:
+(docs/synthetic_study.md, "Version 1 of the benchmark"). Here:
 
 * **Shape, exactly readable.** Lesion `i` is the pixel mask
   `M_i = {rho_i <= 1}` of a star-shaped blob (as in v1), drawn with a hard

@@ -8,7 +8,7 @@ Written as array_record; read it back with `tfds_utils.data_source`.
 Configs: version 2 (`generator_v2`, well posed: the image shows every
 lesion's outline and probability exactly) is `default` (2-4 lesions),
 `few_lesions` (1), `many_lesions` (5-6) and `tiny`; version 1 (`generator`,
-the data of the issue-6 study) stays reachable as `v1`, `v1_many_lesions` and
+the data of the first study, results/v1/) stays reachable as `v1`, `v1_many_lesions` and
 `v1_tiny`, generated exactly as before.
 
 Build from the repository root with
@@ -99,7 +99,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           num_train=16, num_validation=8, num_test=8, seed=13),
       LesionsConfig(
           name='v1',
-          description='v1 (the issue-6 study), 64x64, 1-3 lesions.',
+          description='v1 (the first study, results/v1/), 64x64, 1-3 lesions.',
           spec=generator.LesionsSpec()),
       _generalisation_config(
           'v1_many_lesions', ('v1, 64x64, 4-6 lesions per image, lesions as '

@@ -3,7 +3,7 @@
 * Pooling over seeds: per-image metric values of several trained seeds are
   summarised with `eval.bootstrap.pooled_bootstrap` (paper Table 1: "mean and
   std from ... random inits and 1000 bootstraps").
-* Per-level analysis (issue 6 (a)): a lesion sample is decoded into the grader
+* Per-level analysis: a lesion sample is decoded into the grader
   style and the presence of each lesion, using the image's generating
   parameters (v1 `LesionParams` or v2 `LesionParamsV2`;
   `eval.lesion_styles.decode_lesion_samples`); sampling only one

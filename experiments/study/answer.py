@@ -1,4 +1,4 @@
-"""Where a lesion model's distance to the answer comes from (issue 12).
+"""Where a lesion model's distance to the answer comes from.
 
 `exact_ged` (GED^2 against the enumerated answer distribution) mixes two
 kinds of error: samples whose pixels are off every true grading, and

@@ -1,4 +1,4 @@
-r"""Scores of the synthetic-lesions oracle, no model needed (issue 11).
+r"""Scores of the synthetic-lesions oracle, no model needed.
 
   python -m experiments.study.oracle_scores --builder_config=default \
       --num_examples=200 --out=results/synthetic_lesions_v2/oracle_scores.json
@@ -8,7 +8,7 @@ distribution are scored exactly as the evaluator scores a model's samples
 (`eval.task_scores`: GED^2 at 16 and 100 samples, HM-IoU at 16, and against
 the exact distribution). On version 2 the image determines that distribution
 (tests/test_synthetic_reachability.py), so these are scores an image-only
-model can reach; the README compares them with v1's.
+model can reach; docs/synthetic_study.md compares them with v1's.
 """
 import json
 import os

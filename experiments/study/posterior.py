@@ -1,6 +1,6 @@
-"""The posterior of the synthetic study's lesion models (issue 12, "Also").
+"""The posterior of the synthetic study's lesion models.
 
-The issue-6 study's local-latents-only model reconstructed with IoU_rec
+The first (v1) study's local-latents-only model reconstructed with IoU_rec
 0.27, its posterior-mean reconstructions showing lesions for empty
 gradings. IoU_rec is measured from the posterior *mean*; training decodes
 posterior *samples*. Here both are measured on the same gradings, with the

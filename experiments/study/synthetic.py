@@ -38,7 +38,7 @@ r"""The synthetic study (issues 6, 12): the paper's claims on known-answer data.
 
 `--tiny` runs the whole pipeline on the `tiny` configs in seconds (the test).
 
-The v2 study of issue 12 (3 seeds of hpunet and spunet, 2 of each
+The v2 study (3 seeds of hpunet and spunet, 2 of each
 ablation, cells included):
 
   python -m experiments.study.synthetic --workdir=/tmp/study_v2 \
@@ -47,10 +47,9 @@ ablation, cells included):
 Measured on the quiet 2-core AMD EPYC: the 12 lesion runs 2 h 33 min (sum
 of their `wall_time_s`; the sPU-Net's runs about 20 min each, the others
 about 10), the 6 cell runs 1 h 7 min (7 and 15 min each), the analyses
-and generalisation evaluations about 30 min: about 4 h 10 min, more than
-issue 12's 2.5 h (README, "Results of the v2 study"); a rerun with every
-run finished, 1.5 min. The issue-6 study (v1, 1000
-steps) and its results: `results/v1/`.
+and generalisation evaluations about 30 min: about 4 h 10 min (docs/synthetic_study.md, "Running the study"); a rerun
+with every run finished, 1.5 min. The study on version 1 (1000 steps) and
+its results: `results/v1/`.
 """
 import json
 import os
