@@ -97,6 +97,19 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
   # Precision of convolutions and matmuls: 'default' (XLA's; on TPU float32
   # convolutions then use bf16 passes), 'high' or 'highest' (full float32).
   config.conv_precision = 'default'
+  # How a finished run is judged converged (experiments/convergence.py): it
+  # changes no training, only the `converged` verdict recorded with the run.
+  config.convergence = ml_collections.ConfigDict(dict(
+      window_steps=300,  # The last this many steps are judged.
+      # GECO: the mean moving-average constraint per pixel within this
+      # fraction of kappa of 0 ...
+      constraint_band=0.2,
+      # ... and log lambda moved at most this much over the window.
+      max_log_lambda_drift=0.3,
+      # ELBO: the last window's mean loss within this fraction of the
+      # window's before.
+      loss_plateau_tolerance=0.02,
+  ))
   # The task file sets the rest: model_type ('hpunet' | 'spunet'), model
   # (kwargs of the model class), loss, optimizer, data (datasets.pipeline),
   # augment (kwargs of datasets.augment.augment_batch) and eval.

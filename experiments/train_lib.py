@@ -23,6 +23,7 @@ from datasets import augment
 from datasets import masking
 from datasets import pipeline
 from experiments import config_checks
+from experiments import convergence
 from experiments import resume
 from experiments import sharding
 from experiments import train_step
@@ -58,6 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.image_size must be (H, W), got '
                      f'{config.image_size}.')
   config_checks.validate_values(config)
+  convergence.check_convergence_config(config.convergence)
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size {config.batch_size} is not divisible '
                      f'by the {jax.process_count()} processes.')
@@ -262,7 +264,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
     writer.close()
   if finished and process_index == 0:
-    run_record.write_finished(workdir, config.num_train_steps, config)
+    run_record.write_finished(workdir, config.num_train_steps, config,
+                              judge_convergence(config, workdir).to_dict())
   if finished:
     final_evaluation(config, state.trainable['model'], model, workdir)
   return state
@@ -314,6 +317,23 @@ def _train_loop(config: ml_collections.ConfigDict,
                         'same command to continue.', step)
         return state, False
   return state, True
+
+
+def judge_convergence(config: ml_collections.ConfigDict,
+                      workdir: str) -> convergence.Convergence:
+  """Whether the finished run ended converged (`experiments.convergence`),
+  from its metrics.jsonl; logged in one line."""
+  try:
+    verdict = convergence.assess(config,
+                                 convergence.read_history(workdir))
+  except (OSError, ValueError, KeyError) as e:
+    verdict = convergence.Convergence(False, 'unreadable', {},
+                                      f'not judged: {e}')
+  logging.log(logging.INFO if verdict.converged else logging.WARNING,
+              '%s at step %d (%s): %s.',
+              'Converged' if verdict.converged else 'NOT converged',
+              config.num_train_steps, verdict.rule, verdict.reason)
+  return verdict
 
 
 def final_evaluation(config: ml_collections.ConfigDict, params: Any,

@@ -25,11 +25,11 @@ CONFIG_FILE = 'config.json'
 # Keys (dotted paths; a prefix covers its subtree) that may differ between the
 # starts of one run: how long, how often to log/save/evaluate, where files
 # are, how to compile, how the devices are laid out (the state is
-# replicated, so any mesh restores it).
+# replicated, so any mesh restores it), how a finished run is judged.
 RESUME_SAFE_KEYS = (
     'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
     'checkpoints_to_keep', 'compilation_cache_dir', 'xla_cpu_eigen_conv',
-    'mesh_shape', 'eval', 'data.data_dir', 'data.manual_dir',
+    'mesh_shape', 'eval', 'convergence', 'data.data_dir', 'data.manual_dir',
     'data.read_threads', 'data.prefetch_buffer_size')
 
 # Keys configs gained after runs were recorded, with the value that trains as
@@ -111,10 +111,16 @@ def _clear_record(workdir: str, name: str) -> None:
     os.remove(path)
 
 
-def write_finished(workdir: str, step: int, config: Any) -> None:
-  """Records that the run completed `step` steps with this config."""
-  _write_record(workdir, FINISHED_FILE,
-                {'step': int(step), 'config_hash': config_hash(config)})
+def write_finished(workdir: str, step: int, config: Any,
+                   convergence: Optional[Mapping[str, Any]] = None) -> None:
+  """Records that the run completed `step` steps with this config, and
+  whether it ended converged (`experiments.convergence.Convergence`'s
+  dict: `converged`, `rule`, `values`, `reason`)."""
+  record = {'step': int(step), 'config_hash': config_hash(config)}
+  if convergence is not None:
+    record['converged'] = bool(convergence['converged'])
+    record['convergence'] = dict(convergence)
+  _write_record(workdir, FINISHED_FILE, record)
 
 
 def clear_finished(workdir: str) -> None:
@@ -123,7 +129,8 @@ def clear_finished(workdir: str) -> None:
 
 
 def read_finished(workdir: str) -> Optional[Dict[str, Any]]:
-  """`{'step', 'config_hash'}` of a completed run, or None."""
+  """`{'step', 'config_hash'[, 'converged', 'convergence']}` of a completed
+  run, or None."""
   return _read_record(workdir, FINISHED_FILE)
 
 

@@ -1,0 +1,153 @@
+"""Did a run end converged? Judged from its logged metrics (`metrics.jsonl`).
+
+A run stopped mid-anneal is not a result of its config: under GECO the
+multiplier lambda first rises until the reconstruction constraint is met,
+then falls while the model trades the constraint's slack for a smaller KL,
+and only when the moving-average constraint sits at kappa does lambda stop
+moving (GECO's equilibrium). Comparing a run stopped in the falling phase
+with a converged one compares how far each got, not the models. So every
+run records whether it ended converged, by these rules (`config.convergence`):
+
+* GECO (`loss.objective == 'geco'`), over the logged steps of the last
+  `window_steps` steps:
+  - band: the mean moving-average constraint per pixel (`constraint_per_pixel`
+    = moving average / pixels - kappa) lies within
+    `constraint_band * kappa` of 0;
+  - drift: log lambda changed by at most `max_log_lambda_drift` between the
+    first and the last logged step of the window.
+* ELBO (fixed beta; nothing anneals): the mean loss of the last window
+  differs from that of the window before it by at most
+  `loss_plateau_tolerance` of its magnitude.
+
+Both need at least two logged steps per window; fewer (a run shorter than the
+window, or logged too rarely) is reported as not judged, never as converged.
+"""
+import json
+import math
+import os
+from typing import Any, Dict, List, Mapping, NamedTuple, Sequence
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class Convergence(NamedTuple):
+  """A run's verdict: `converged`, the `rule` applied, the measured `values`
+  and a one-line `reason`."""
+  converged: bool
+  rule: str
+  values: Dict[str, float]
+  reason: str
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dict(self._asdict())
+
+
+def check_convergence_config(convergence: Mapping[str, Any]) -> None:
+  """Raises one ValueError naming the `config.convergence` field whose value
+  no run could meet (not positive, not finite, or a non-integer window)."""
+  window = convergence['window_steps']
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise ValueError('config.convergence.window_steps must be a positive '
+                     f'integer, got {window!r}.')
+  for name in ('constraint_band', 'max_log_lambda_drift',
+               'loss_plateau_tolerance'):
+    value = convergence[name]
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or value <= 0):
+      raise ValueError(f'config.convergence.{name} must be a finite number '
+                       f'> 0, got {value!r}.')
+
+
+def read_history(workdir: str) -> List[Dict[str, float]]:
+  """The logged steps of `<workdir>/metrics.jsonl`, in step order; a step
+  logged twice (a resumed run) keeps its last record."""
+  path = os.path.join(workdir, METRICS_FILE)
+  by_step = {}
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}, line {number}: not JSON ({e}).') from None
+      by_step[int(record['step'])] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def _window(history: Sequence[Mapping[str, float]], first: int,
+            last: int) -> List[Mapping[str, float]]:
+  return [r for r in history if first < r['step'] <= last]
+
+
+def geco_equilibrium(history: Sequence[Mapping[str, float]], last_step: int,
+                     kappa: float, window_steps: int, constraint_band: float,
+                     max_log_lambda_drift: float) -> Convergence:
+  """GECO's equilibrium over the last `window_steps` (module docstring).
+
+  Args:
+    history: logged steps with `step`, `constraint_per_pixel`, `lambda`.
+    last_step: the run's final step.
+    kappa: the constraint's target per pixel.
+    window_steps, constraint_band, max_log_lambda_drift: `config.convergence`.
+  """
+  window = _window(history, last_step - window_steps, last_step)
+  if len(window) < 2:
+    return Convergence(False, 'geco_equilibrium', {},
+                       f'not judged: {len(window)} logged step(s) in the last '
+                       f'{window_steps} steps')
+  constraint = sum(r['constraint_per_pixel'] for r in window) / len(window)
+  drift = math.log(window[-1]['lambda']) - math.log(window[0]['lambda'])
+  band = constraint_band * kappa
+  values = {'constraint_per_pixel': constraint, 'band': band,
+            'log_lambda_drift': drift, 'lambda': window[-1]['lambda'],
+            'window_first_step': window[0]['step']}
+  failed = []
+  if abs(constraint) > band:
+    failed.append(f'constraint {constraint:+.4f} per pixel outside '
+                  f'+-{band:.4f}')
+  if abs(drift) > max_log_lambda_drift:
+    failed.append(f'log lambda moved {drift:+.3f} (limit '
+                  f'{max_log_lambda_drift})')
+  reason = ('; '.join(failed) if failed else
+            f'constraint {constraint:+.4f} within +-{band:.4f}, log lambda '
+            f'moved {drift:+.3f}')
+  return Convergence(not failed, 'geco_equilibrium', values,
+                     f'steps {window[0]["step"]}-{last_step}: {reason}')
+
+
+def loss_plateau(history: Sequence[Mapping[str, float]], last_step: int,
+                 window_steps: int, tolerance: float) -> Convergence:
+  """The ELBO's plateau: the last window's mean loss against the window
+  before it (module docstring)."""
+  last = _window(history, last_step - window_steps, last_step)
+  before = _window(history, last_step - 2 * window_steps,
+                   last_step - window_steps)
+  if len(last) < 2 or len(before) < 2:
+    return Convergence(False, 'loss_plateau', {},
+                       f'not judged: fewer than 2 logged steps in each of the '
+                       f'last two windows of {window_steps} steps')
+  mean_last = sum(r['loss'] for r in last) / len(last)
+  mean_before = sum(r['loss'] for r in before) / len(before)
+  change = (mean_last - mean_before) / max(abs(mean_before), 1e-12)
+  values = {'loss': mean_last, 'loss_window_before': mean_before,
+            'relative_change': change}
+  converged = abs(change) <= tolerance
+  return Convergence(converged, 'loss_plateau', values,
+                     f'mean loss {mean_before:.4g} -> {mean_last:.4g} '
+                     f'({change:+.1%}, limit {tolerance:.0%})')
+
+
+def assess(config: Any, history: Sequence[Mapping[str, float]]
+           ) -> Convergence:
+  """The verdict for a run of `config` that ended at
+  `config.num_train_steps` with this logged `history`."""
+  settings = config.convergence
+  check_convergence_config(settings)
+  last_step = int(config.num_train_steps)
+  if config.loss.objective == 'geco':
+    return geco_equilibrium(history, last_step, float(config.loss.kappa),
+                            settings.window_steps, settings.constraint_band,
+                            settings.max_log_lambda_drift)
+  return loss_plateau(history, last_step, settings.window_steps,
+                      settings.loss_plateau_tolerance)

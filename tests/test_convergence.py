@@ -1,0 +1,126 @@
+"""`experiments.convergence`: GECO equilibrium and the ELBO plateau, judged
+from logged metrics; the trainer records the verdict."""
+import json
+import math
+
+import ml_collections
+import pytest
+
+from experiments import convergence
+from experiments import synthetic_lesions
+from experiments import train_lib
+from hpunet_jax.runtime import run_record
+
+SETTINGS = dict(window_steps=300, constraint_band=0.2,
+                max_log_lambda_drift=0.3, loss_plateau_tolerance=0.02)
+
+
+def _geco_history(constraints, lambdas, every=50):
+  return [{'step': every * (i + 1), 'constraint_per_pixel': c, 'lambda': l,
+           'loss': 1.0} for i, (c, l) in enumerate(zip(constraints, lambdas))]
+
+
+def _config(objective='geco', steps=600, kappa=0.25):
+  return ml_collections.ConfigDict(dict(
+      num_train_steps=steps, convergence=SETTINGS,
+      loss=dict(objective=objective, kappa=kappa)))
+
+
+def test_geco_at_kappa_with_steady_lambda_is_converged():
+  # 12 logged steps; the last 300 steps hold steps 350..600 (6 logs).
+  history = _geco_history([0.3] * 6 + [0.01, -0.02, 0.03, 0.0, -0.01, 0.02],
+                          [5.0] * 6 + [1.0, 1.05, 1.1, 1.0, 1.02, 1.1])
+  verdict = convergence.assess(_config(), history)
+  assert verdict.converged and verdict.rule == 'geco_equilibrium'
+  assert verdict.values['constraint_per_pixel'] == pytest.approx(0.005)
+  assert verdict.values['band'] == pytest.approx(0.05)  # 0.2 * kappa.
+  assert verdict.values['log_lambda_drift'] == pytest.approx(math.log(1.1))
+  assert verdict.values['window_first_step'] == 350
+
+
+def test_geco_falling_phase_is_not_converged():
+  # The main job's last 300 steps: constraint -0.21 per pixel, lambda
+  # falling by a factor e in the window.
+  history = _geco_history([-0.21] * 12,
+                          [math.exp(-0.2 * i) for i in range(12)])
+  verdict = convergence.assess(_config(), history)
+  assert not verdict.converged
+  assert 'constraint -0.2100 per pixel outside +-0.0500' in verdict.reason
+  assert 'log lambda moved -1.000' in verdict.reason
+  # In band but lambda still moving: the drift alone fails it.
+  history = _geco_history([0.0] * 12, [math.exp(0.1 * i) for i in range(12)])
+  verdict = convergence.assess(_config(), history)
+  assert not verdict.converged
+  assert 'outside' not in verdict.reason and 'log lambda moved +0.500' in (
+      verdict.reason)
+
+
+def test_too_few_logged_steps_are_not_judged_converged():
+  history = _geco_history([0.0] * 2, [1.0] * 2, every=300)  # 300, 600.
+  verdict = convergence.assess(_config(), history)
+  assert not verdict.converged and verdict.reason.startswith('not judged')
+
+
+def test_elbo_plateau():
+  flat = [{'step': 50 * (i + 1), 'loss': 10.0 + (0.05 if i % 2 else 0)}
+          for i in range(12)]
+  verdict = convergence.assess(_config('elbo'), flat)
+  assert verdict.converged and verdict.rule == 'loss_plateau'
+  falling = [{'step': 50 * (i + 1), 'loss': 20.0 - i} for i in range(12)]
+  verdict = convergence.assess(_config('elbo'), falling)
+  # Windows 50-300 and 350-600: means 17.5 and 11.5.
+  assert not verdict.converged
+  assert verdict.values['relative_change'] == pytest.approx(-6 / 17.5)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('window_steps', 0), ('window_steps', 2.5), ('constraint_band', 0.0),
+    ('max_log_lambda_drift', float('nan')), ('loss_plateau_tolerance', -1)])
+def test_settings_no_run_can_meet_are_refused(field, value):
+  with pytest.raises(ValueError, match=f'config.convergence.{field} must'):
+    convergence.check_convergence_config(dict(SETTINGS, **{field: value}))
+
+
+def test_trainer_refuses_such_settings_before_writing_anything(tmp_path):
+  config = synthetic_lesions.get_config('tiny')
+  config.convergence.constraint_band = -0.1
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(ValueError, match='config.convergence.constraint_band'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_read_history_keeps_the_last_record_of_a_step(tmp_path):
+  lines = [{'step': 50, 'loss': 3.0}, {'step': 100, 'loss': 2.0},
+           {'step': 100, 'loss': 1.0}]  # Resumed from step 50.
+  (tmp_path / 'metrics.jsonl').write_text(
+      '\n'.join(json.dumps(l) for l in lines) + '\n')
+  assert convergence.read_history(str(tmp_path)) == [lines[0], lines[2]]
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\nnot json\n')
+  with pytest.raises(ValueError, match='metrics.jsonl, line 2: not JSON'):
+    convergence.read_history(str(tmp_path))
+
+
+def test_settings_are_resume_safe():
+  config = synthetic_lesions.get_config('tiny')
+  before = run_record.config_hash(config)
+  config.convergence.window_steps = 7
+  assert run_record.config_hash(config) == before
+
+
+def test_trainer_records_the_verdict(tmp_path):
+  config = synthetic_lesions.get_config('tiny')
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.eval.num_samples = 0
+  config.convergence.window_steps = 2
+  config.data.data_dir = str(tmp_path / 'tfds')
+  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  record = run_record.read_finished(str(tmp_path / 'run'))
+  assert record['step'] == 4
+  assert record['convergence']['rule'] == 'geco_equilibrium'
+  assert record['converged'] == record['convergence']['converged']
+  assert record['convergence']['values']['window_first_step'] == 3
+  expected = convergence.assess(config, convergence.read_history(
+      str(tmp_path / 'run')))
+  assert record['convergence'] == json.loads(json.dumps(expected.to_dict()))
