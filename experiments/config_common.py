@@ -109,6 +109,9 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
       # ELBO: the last window's mean loss within this fraction of the
       # window's before.
       loss_plateau_tolerance=0.02,
+      # A step whose per-pixel reconstruction loss exceeds this many times
+      # its moving average is counted as a spike (spikes.jsonl).
+      spike_factor=3.0,
   ))
   # The task file sets the rest: model_type ('hpunet' | 'spunet'), model
   # (kwargs of the model class), loss, optimizer, data (datasets.pipeline),

@@ -21,6 +21,11 @@ run records whether it ended converged, by these rules (`config.convergence`):
 
 Both need at least two logged steps per window; fewer (a run shorter than the
 window, or logged too rarely) is reported as not judged, never as converged.
+
+Spikes: a step whose per-pixel reconstruction loss (`rec_mean`) exceeds
+`spike_factor` times its moving average over the steps before it
+(`SpikeCounter`, every step, not only the logged ones) is a spike; the
+trainer appends each to `spikes.jsonl` and the finished record counts them.
 """
 import json
 import math
@@ -28,6 +33,10 @@ import os
 from typing import Any, Dict, List, Mapping, NamedTuple, Sequence
 
 METRICS_FILE = 'metrics.jsonl'
+SPIKES_FILE = 'spikes.jsonl'
+# Decay of the moving average a step's reconstruction loss is compared with
+# (as GECO's own moving average of the constraint, 0.99, a little shorter).
+SPIKE_AVERAGE_DECAY = 0.98
 
 
 class Convergence(NamedTuple):
@@ -50,7 +59,7 @@ def check_convergence_config(convergence: Mapping[str, Any]) -> None:
     raise ValueError('config.convergence.window_steps must be a positive '
                      f'integer, got {window!r}.')
   for name in ('constraint_band', 'max_log_lambda_drift',
-               'loss_plateau_tolerance'):
+               'loss_plateau_tolerance', 'spike_factor'):
     value = convergence[name]
     if (isinstance(value, bool) or not isinstance(value, (int, float))
         or not math.isfinite(value) or value <= 0):
@@ -136,6 +145,42 @@ def loss_plateau(history: Sequence[Mapping[str, float]], last_step: int,
   return Convergence(converged, 'loss_plateau', values,
                      f'mean loss {mean_before:.4g} -> {mean_last:.4g} '
                      f'({change:+.1%}, limit {tolerance:.0%})')
+
+
+class SpikeCounter:
+  """Flags steps whose reconstruction loss jumps above `factor` times its
+  moving average (host-side, fed every step's scalars by the train loop)."""
+
+  def __init__(self, factor: float):
+    self.factor = factor
+    self.average = None
+
+  def update(self, rec_mean: float) -> bool:
+    """Whether this step's `rec_mean` is a spike; then folds it in."""
+    spike = self.average is not None and rec_mean > self.factor * self.average
+    self.average = (rec_mean if self.average is None else
+                    SPIKE_AVERAGE_DECAY * self.average
+                    + (1 - SPIKE_AVERAGE_DECAY) * rec_mean)
+    return spike
+
+
+def record_spike(workdir: str, step: int, rec_mean: float,
+                 average: float) -> None:
+  """Appends one spike to `<workdir>/spikes.jsonl`."""
+  with open(os.path.join(workdir, SPIKES_FILE), 'a') as f:
+    f.write(json.dumps({'step': int(step), 'rec_mean': float(rec_mean),
+                        'moving_average': float(average)}) + '\n')
+
+
+def spike_steps(workdir: str, last_step: int) -> List[int]:
+  """The steps up to `last_step` recorded in spikes.jsonl (a step recorded
+  again after a resume counts once)."""
+  path = os.path.join(workdir, SPIKES_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    steps = {json.loads(line)['step'] for line in f if line.strip()}
+  return sorted(s for s in steps if s <= last_step)
 
 
 def assess(config: Any, history: Sequence[Mapping[str, float]]

@@ -254,7 +254,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, finished = _train_loop(
         config, state, start_step, step_fn, mesh, train_iter, writer,
         lambda step, state, loader_state: checkpointer.save(
-            step, state, loader_state, config_json))
+            step, state, loader_state, config_json),
+        lambda *spike: (convergence.record_spike(workdir, *spike)
+                        if process_index == 0 else None))
   except NonFiniteLossError as e:
     if process_index == 0:
       run_record.write_non_finite(workdir, e.step, str(e))
@@ -275,9 +277,11 @@ def _train_loop(config: ml_collections.ConfigDict,
                 state: train_step.TrainState, start_step: int,
                 step_fn: Callable, mesh: jax.sharding.Mesh, train_iter,
                 writer: metric_writers.MetricWriter,
-                save: Callable[[int, train_step.TrainState, Any], None]
+                save: Callable[[int, train_step.TrainState, Any], None],
+                record_spike: Callable[[int, float, float], None]
                 ) -> Tuple[train_step.TrainState, bool]:
-  """Steps from `start_step` to `config.num_train_steps`.
+  """Steps from `start_step` to `config.num_train_steps`; hands every
+  reconstruction-loss spike (`convergence.SpikeCounter`) to `record_spike`.
 
   Returns:
     `(state, finished)`; `finished` is False when SIGTERM stopped the run
@@ -290,6 +294,7 @@ def _train_loop(config: ml_collections.ConfigDict,
   """
   total_steps = config.num_train_steps
   last_checkpoint = start_step or None
+  spikes = convergence.SpikeCounter(config.convergence.spike_factor)
   with checkpointing.StopRequest() as stop_request:
     if start_step < total_steps:
       local_batch = next(train_iter)
@@ -305,6 +310,9 @@ def _train_loop(config: ml_collections.ConfigDict,
       if step == start_step + 1:  # Logs the compile time; ETA starts here.
         writer.first_step_done(step)
       _check_finite(step, scalars, last_checkpoint)
+      average = spikes.average
+      if spikes.update(float(scalars['rec_mean'])):
+        record_spike(step, float(scalars['rec_mean']), average)
       if step % config.log_every_steps == 0 or step == total_steps:
         writer.write(step, scalars)
       stop_now = stop_request.requested() and step < total_steps
@@ -329,10 +337,13 @@ def judge_convergence(config: ml_collections.ConfigDict,
   except (OSError, ValueError, KeyError) as e:
     verdict = convergence.Convergence(False, 'unreadable', {},
                                       f'not judged: {e}')
+  spikes = convergence.spike_steps(workdir, config.num_train_steps)
+  verdict.values['spikes'] = len(spikes)
   logging.log(logging.INFO if verdict.converged else logging.WARNING,
-              '%s at step %d (%s): %s.',
+              '%s at step %d (%s): %s; %d reconstruction-loss spikes%s.',
               'Converged' if verdict.converged else 'NOT converged',
-              config.num_train_steps, verdict.rule, verdict.reason)
+              config.num_train_steps, verdict.rule, verdict.reason,
+              len(spikes), f' (steps {spikes[:5]})' if spikes else '')
   return verdict
 
 

@@ -12,7 +12,8 @@ from experiments import train_lib
 from hpunet_jax.runtime import run_record
 
 SETTINGS = dict(window_steps=300, constraint_band=0.2,
-                max_log_lambda_drift=0.3, loss_plateau_tolerance=0.02)
+                max_log_lambda_drift=0.3, loss_plateau_tolerance=0.02,
+                spike_factor=3.0)
 
 
 def _geco_history(constraints, lambdas, every=50):
@@ -75,7 +76,8 @@ def test_elbo_plateau():
 
 @pytest.mark.parametrize('field, value', [
     ('window_steps', 0), ('window_steps', 2.5), ('constraint_band', 0.0),
-    ('max_log_lambda_drift', float('nan')), ('loss_plateau_tolerance', -1)])
+    ('max_log_lambda_drift', float('nan')), ('loss_plateau_tolerance', -1),
+    ('spike_factor', 0)])
 def test_settings_no_run_can_meet_are_refused(field, value):
   with pytest.raises(ValueError, match=f'config.convergence.{field} must'):
     convergence.check_convergence_config(dict(SETTINGS, **{field: value}))
@@ -88,6 +90,24 @@ def test_trainer_refuses_such_settings_before_writing_anything(tmp_path):
   with pytest.raises(ValueError, match='config.convergence.constraint_band'):
     train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_spike_counter_hand_case():
+  counter = convergence.SpikeCounter(factor=3.0)
+  decay = convergence.SPIKE_AVERAGE_DECAY
+  assert not counter.update(1.0)  # The first step has no reference.
+  assert not counter.update(2.9)  # 2.9 < 3 x 1.0.
+  average = decay * 1.0 + (1 - decay) * 2.9
+  assert counter.average == pytest.approx(average)
+  assert counter.update(3.1 * average)  # Above 3 x the moving average.
+  assert not counter.update(0.1)  # Falling never is a spike.
+
+
+def test_spike_steps_count_a_step_once_and_stop_at_the_end(tmp_path):
+  for step in (7, 12, 12, 40):  # 12 again after a resume.
+    convergence.record_spike(str(tmp_path), step, 2.0, 0.5)
+  assert convergence.spike_steps(str(tmp_path), last_step=30) == [7, 12]
+  assert convergence.spike_steps(str(tmp_path / 'none'), 30) == []
 
 
 def test_read_history_keeps_the_last_record_of_a_step(tmp_path):
@@ -121,6 +141,9 @@ def test_trainer_records_the_verdict(tmp_path):
   assert record['convergence']['rule'] == 'geco_equilibrium'
   assert record['converged'] == record['convergence']['converged']
   assert record['convergence']['values']['window_first_step'] == 3
+  spikes = convergence.spike_steps(str(tmp_path / 'run'), 4)
+  assert record['convergence']['values']['spikes'] == len(spikes)
   expected = convergence.assess(config, convergence.read_history(
       str(tmp_path / 'run')))
+  expected.values['spikes'] = len(spikes)
   assert record['convergence'] == json.loads(json.dumps(expected.to_dict()))
