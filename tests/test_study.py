@@ -156,9 +156,11 @@ def test_pool_runs_keeps_the_spread_over_seeds():
                                      options)
   runs = [dict(metrics=dict(iou_rec=m, num_images=2, num_samples=4),
                per_image=dict(iou_rec=np.array([m - 0.1, m + 0.1])),
-               wall_time_s=t) for m, t in ((0.5, 10.0), (0.8, 20.0))]
+               wall_time_s=t, converged=c)
+          for m, t, c in ((0.5, 10.0, True), (0.8, 20.0, None))]
   entry = study_runs.pool_runs(runs, config, options)
   assert entry['seed_means'] == {'iou_rec': [0.5, 0.8]}
+  assert entry['converged'] == [True, None]  # One verdict per seed.
   assert entry['seed_std']['iou_rec'] == pytest.approx(0.3 / math.sqrt(2))
   assert entry['iou_rec'] == pytest.approx(0.65, abs=0.1)
   assert entry['num_seeds'] == 2 and entry['wall_time_s'] == 30.0
@@ -277,6 +279,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
   # rule only) lambda at full rate, and the answer entropy (lesions only).
   end = lesions['hpunet']['training_end']
   assert end['step'] == 3 and 0 < end['lambda'] and 'kl_0' in end
+  assert [e['step'] for e in lesions['hpunet']['training_end_per_seed']] == [3]
+  # A 3-step run is too short for the 300-step window: not judged converged.
+  assert lesions['hpunet']['converged'] == [False]
   assert lesions['diagnostics']['geco_multiplier'] == {
       'hpunet': 'multiplicative'}
   assert lesions['diagnostics']['geco_lambda_at_lr_rate'] == {}

@@ -125,7 +125,8 @@ def train_or_load(config: ml_collections.ConfigDict,
     `metrics` (metrics.json), `per_image` (metric -> `[num_images]`),
     `wall_time_s` (training + evaluation, summed over invocations; None
     for a run trained outside the study),
-    `trained` (whether this call trained or evaluated) and `run_dir`.
+    `trained` (whether this call trained or evaluated), `run_dir` and
+    `converged` (finished.json's verdict; None where it has none).
   """
   eval_dir = outputs.final_results_dir(run_dir, config)
   timing_path = os.path.join(run_dir, TIMING_FILE)
@@ -149,12 +150,15 @@ def train_or_load(config: ml_collections.ConfigDict,
       raise RunIncompleteError(f'{run_dir} is not complete ({problem}); '
                                'rerun the same command to continue.')
   metrics, per_image = load_eval(eval_dir)
+  # None for a run finished before convergence was recorded: never counted
+  # as converged.
+  converged = (run_record.read_finished(run_dir) or {}).get('converged')
   wall_time = None  # Unknown for a run trained outside the study.
   if os.path.exists(timing_path):
     with open(timing_path) as f:
       wall_time = json.load(f)['wall_time_s']
   return dict(metrics=metrics, per_image=per_image, wall_time_s=wall_time,
-              trained=trained, run_dir=run_dir)
+              trained=trained, run_dir=run_dir, converged=converged)
 
 
 def run_dir_of(options: StudyOptions, task: str, variant: str,
@@ -206,6 +210,10 @@ def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,
           for r in runs if 'run_dir' in r]
   if any(ends):  # Lambda, rec per pixel and KL per level at the end.
     entry['training_end'] = study_diagnostics.mean_training_end(ends)
+    entry['training_end_per_seed'] = ends
+  # One verdict per seed (None: not recorded); pooled numbers above mix
+  # converged and unconverged seeds only where this list says so.
+  entry['converged'] = [r.get('converged') for r in runs]
   entry.update(
       num_seeds=len(runs), num_train_steps=config.num_train_steps,
       batch_size=config.batch_size,
