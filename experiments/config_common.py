@@ -167,7 +167,8 @@ def spunet_model(channels_per_level: Sequence[int], convs_per_level: int,
 
 def geco_loss(kappa: float, top_k_fraction: float = 0.02,
               weight_decay: float = 1e-5, geco_multiplier: str = 'adam',
-              geco_multiplier_rate: float = 0.0
+              geco_multiplier_rate: float = 0.0,
+              geco_multiplier_rate_down: Optional[float] = None
               ) -> ml_collections.ConfigDict:
   """`loss_config` of `hpunet_jax.objective.loss_fn` for GECO (HPU-Net)."""
   return ml_collections.ConfigDict(dict(
@@ -181,6 +182,10 @@ def geco_loss(kappa: float, top_k_fraction: float = 0.02,
       # 2018; a deviation that lets lambda move within short runs).
       geco_multiplier=geco_multiplier,
       geco_multiplier_rate=geco_multiplier_rate,  # 'multiplicative' only.
+      # Its rate while the constraint holds (lambda falling); None = the
+      # same rate.
+      geco_multiplier_rate_down=ml_collections.FieldReference(
+          geco_multiplier_rate_down, field_type=float),
       top_k_fraction=top_k_fraction,  # Fraction of pixels in the loss; 0=all.
       deterministic_top_k=False,  # True: k largest losses, no Gumbel noise.
       weight_decay=weight_decay,  # L2 factor on the weights (paper: 1e-5).

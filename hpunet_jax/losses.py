@@ -11,7 +11,7 @@
 
 Shape glossary: `B` batch, `H, W` image size, `K` classes, `D` latent dims.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -189,23 +189,32 @@ LOG_LAMBDA_BOUND = 30.0
 
 def multiplicative_lagrange_update(log_lambda: jax.Array,
                                    constraint_per_pixel: jax.Array,
-                                   rate: float) -> jax.Array:
+                                   rate: float,
+                                   rate_down: Optional[float] = None
+                                   ) -> jax.Array:
   """`lambda <- lambda * exp(rate * C)` (Rezende & Viola 2018), in log form.
 
   `C` is the moving-average constraint per loss pixel (`ma / N - kappa`), so
   the step does not depend on the image size or the top-k fraction: lambda
   grows while the constraint is violated, shrinks once it holds, in
-  proportion to how far it is from kappa, and stays > 0.
+  proportion to how far it is from kappa, and stays > 0. With `rate_down`,
+  lambda falls (C < 0) at that rate instead: a slack met early is traded
+  for a smaller KL sooner, while the rise stays as slow as `rate`.
 
   Args:
     log_lambda: scalar, log of the current multiplier.
     constraint_per_pixel: scalar, `C`.
     rate: step size per nat of constraint per pixel (> 0).
+    rate_down: step size while `C < 0` (> 0); None = `rate`.
 
   Returns:
     The next `log_lambda`, clipped to +- `LOG_LAMBDA_BOUND`.
   """
-  step = rate * jax.lax.stop_gradient(constraint_per_pixel)
+  constraint = jax.lax.stop_gradient(constraint_per_pixel)
+  if rate_down is None:
+    step = rate * constraint
+  else:
+    step = jnp.where(constraint < 0, rate_down, rate) * constraint
   return jnp.clip(log_lambda + step, -LOG_LAMBDA_BOUND, LOG_LAMBDA_BOUND)
 
 

@@ -17,11 +17,14 @@ reconstruction term and the weight-decay term of Appx. D.
     the moving-average constraint per pixel, applied by the train step
     (`update_multiplier`); lambda gets no gradient.
   geco_multiplier_rate: the multiplicative rule's step per nat of C (> 0).
+  geco_multiplier_rate_down: its step while C < 0 (> 0); None (or absent) =
+    geco_multiplier_rate.
   top_k_fraction: fraction of the batch's pixels in the loss (0.02); 0 or
     None = all valid pixels.
   deterministic_top_k: pick the k largest losses instead of sampling.
   weight_decay: L2 factor on conv kernels (1e-5).
 """
+import math
 from typing import Any, Mapping
 
 import jax
@@ -38,11 +41,19 @@ GECO_MULTIPLIERS = ('adam', 'multiplicative')
 def _multiplier_rule(loss_config: Mapping[str, Any]) -> str:
   rule = loss_config['geco_multiplier']
   choices.check_choice('loss.geco_multiplier', rule, GECO_MULTIPLIERS)
-  if rule == 'multiplicative' and not loss_config['geco_multiplier_rate'] > 0:
-    raise ValueError('loss.geco_multiplier_rate must be > 0 for the '
-                     "'multiplicative' rule, got "
-                     f"{loss_config['geco_multiplier_rate']!r}.")
+  if rule == 'multiplicative':
+    _check_rate('geco_multiplier_rate', loss_config['geco_multiplier_rate'])
+    rate_down = loss_config.get('geco_multiplier_rate_down')
+    if rate_down is not None:
+      _check_rate('geco_multiplier_rate_down', rate_down)
   return rule
+
+
+def _check_rate(name: str, rate: Any) -> None:
+  if (isinstance(rate, bool) or not isinstance(rate, (int, float))
+      or not math.isfinite(rate) or rate <= 0):
+    raise ValueError(f'loss.{name} must be a finite number > 0 for the '
+                     f"'multiplicative' rule, got {rate!r}.")
 
 
 def init_trainable(model: models.Model, rng: jax.Array, image: jax.Array,
@@ -72,7 +83,8 @@ def update_multiplier(trainable, scalars: Mapping[str, jax.Array],
     return trainable
   log_lambda = losses.multiplicative_lagrange_update(
       trainable['geco']['log_lambda'], scalars['constraint_per_pixel'],
-      loss_config['geco_multiplier_rate'])
+      loss_config['geco_multiplier_rate'],
+      loss_config.get('geco_multiplier_rate_down'))
   return dict(trainable, geco={'log_lambda': log_lambda})
 
 

@@ -261,3 +261,36 @@ def test_objective_multiplicative_rule_gives_lambda_no_gradient():
     objective.init_trainable(model, jax.random.PRNGKey(0), batch['image'],
                              batch['segmentation'],
                              dict(loss_config, geco_multiplier='sgd'))
+
+
+def test_multiplicative_rule_with_a_separate_rate_down():
+  from hpunet_jax import objective
+  log_lambda = jnp.asarray(1.0)
+  # Violated (C > 0): `rate`; held (C < 0): `rate_down`; None: `rate` both.
+  for c, expected in ((0.5, 1.0 + 0.02 * 0.5), (-0.5, 1.0 - 0.1 * 0.5),
+                      (0.0, 1.0)):
+    np.testing.assert_allclose(losses.multiplicative_lagrange_update(
+        log_lambda, jnp.asarray(c), 0.02, rate_down=0.1), expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.multiplicative_lagrange_update(
+      log_lambda, jnp.asarray(-0.5), 0.02, rate_down=None), 1.0 - 0.01,
+                             rtol=1e-6)
+  # The objective passes the config's rate_down on; absent = symmetric.
+  loss_config = dict(objective='geco', geco_multiplier='multiplicative',
+                     geco_multiplier_rate=0.02, geco_multiplier_rate_down=0.1)
+  trainable = {'geco': {'log_lambda': log_lambda}}
+  held = {'constraint_per_pixel': jnp.asarray(-0.2)}
+  np.testing.assert_allclose(objective.update_multiplier(
+      trainable, held, loss_config)['geco']['log_lambda'], 1.0 - 0.02,
+                             rtol=1e-6)
+  symmetric = {k: v for k, v in loss_config.items()
+               if k != 'geco_multiplier_rate_down'}
+  np.testing.assert_allclose(objective.update_multiplier(
+      trainable, held, symmetric)['geco']['log_lambda'], 1.0 - 0.004,
+                             rtol=1e-6)
+  for bad in (0.0, -0.1, float('nan'), float('inf'), True, '0.1'):
+    with pytest.raises(ValueError, match='loss.geco_multiplier_rate_down'):
+      objective.update_multiplier(
+          trainable, held, dict(loss_config, geco_multiplier_rate_down=bad))
+  with pytest.raises(ValueError, match='loss.geco_multiplier_rate '):
+    objective.update_multiplier(
+        trainable, held, dict(loss_config, geco_multiplier_rate=float('nan')))
