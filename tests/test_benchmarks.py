@@ -170,3 +170,64 @@ def test_profile_sampling_sums_kernel_events_by_kind():
   assert profile_sampling.kernel_seconds(events) == pytest.approx({
       'ynnpack_fusions': 2.0, 'loop_fusions': 1.0, 'convolution_events': 0.5,
       'other': 0.1})
+
+
+def test_device_check_parses_its_flags_and_quick_runs_write_json(
+    tmp_path, capsys):
+  """The accelerator check's driver: flags, a bf16 train variant and float32
+  sampling of the tiny LIDC config on CPU, and the summary merging them."""
+  from benchmarks import device_check  # pylint: disable=g-import-not-at-top
+  from benchmarks import device_summary  # pylint: disable=g-import-not-at-top
+  args = device_check.parse_args(['train', '--out', 'x.json', '--variants',
+                                  'bfloat16:highest:32', 'float32:default:8'])
+  assert args.variants == [('bfloat16', 'highest', 32),
+                           ('float32', 'default', 8)]
+  for bad in ('float16:default:8', 'float32:low:8', 'float32:default:0',
+              'float32:default'):
+    with pytest.raises(SystemExit):
+      device_check.parse_args(['train', '--out', 'x', '--variants', bad])
+    assert repr(bad) in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    device_check.parse_args(['sampling', '--out', 'x', '--num_samples', '0'])
+
+  train = str(tmp_path / 'train.json')
+  sampling = str(tmp_path / 'sampling.json')
+  device_check.main(['train', '--quick', '--out', train, '--variants',
+                     'bfloat16:default:2'])
+  device_check.main(['sampling', '--quick', '--out', sampling,
+                     '--compute_dtypes', 'float32', '--num_samples', '2'])
+  junit = tmp_path / 'tests.xml'
+  junit.write_text(
+      '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+      '<testcase classname="tests.test_a" name="test_ok"/>'
+      '<testcase classname="tests.test_a" name="test_bad">'
+      '<failure message="AssertionError: 1 != 2&#10;more"/></testcase>'
+      '<testcase classname="tests.test_a" name="test_skip"><skipped/>'
+      '</testcase></testsuite></testsuites>')
+  steps = tmp_path / 'steps.tsv'
+  steps.write_text('setup 0 3 60\ntests 124 150 150\nsampling 125 0 0\n')
+  out = str(tmp_path / 'device.json')
+  device_summary.main(['--out', out, '--parts', train, sampling,
+                       str(tmp_path / 'missing.json'), '--junit', str(junit),
+                       '--steps', str(steps), '--commit', 'abc1234'])
+  payload = json.loads(open(out).read())
+  assert payload['commit'] == 'abc1234' and payload['date_utc']
+  assert payload['machine']['backend'] == 'cpu'
+  assert [s['timed_out'] for s in payload['steps']] == [False, True, False]
+  assert payload['steps'][2]['skipped']
+  tests = payload['tests']
+  assert (tests['passed'], tests['failures'], tests['skipped']) == (1, 1, 1)
+  assert tests['failed'] == [{'test': 'tests.test_a::test_bad',
+                              'message': 'AssertionError: 1 != 2'}]
+  assert tests['status'].startswith('stopped by its timeout')
+  trained = payload['parts']['device_check_train']
+  assert not trained['failed'] and trained['image_size'] == [32, 32]
+  result = trained['variants']['bfloat16:default:2']
+  assert result['step']['median_s'] > 0 and result['last_non_finite_state'] == 0
+  assert set(trained['matmul_tflop_per_s']) == {'float32', 'bfloat16'}
+  sampled = payload['parts']['device_check_sampling']
+  assert not sampled['failed']
+  assert set(sampled['by_dtype']['float32']['2']) >= {
+      'encoder_once', 'full_rerun', 'evaluator_sample_labels'}
+  assert 'missing' in payload['parts']['missing.json']['status']
+  assert 'train bfloat16:default:2' in capsys.readouterr().out
