@@ -232,6 +232,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert entry['num_seeds'] == 1 and entry['num_train_steps'] == 3
     assert entry['num_images'] == 2 and entry['num_samples'] == 4
     assert entry['wall_time_s'] > 0
+  # The criteria need GED^2 at 100 samples and the ablations, which this
+  # study did not compute or run.
+  assert lesions['verdicts'] == {'not_decided': "the results lack 'ged_100'"}
   per_level = lesions['per_level']['settings']
   assert set(per_level) == {'level_0', 'level_1', 'all_levels', 'oracle',
                             'truth'}

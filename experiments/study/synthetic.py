@@ -74,6 +74,7 @@ from experiments.study import diagnostics as study_diagnostics
 from experiments.study import posterior as study_posterior
 from experiments.study import options as study_options
 from experiments.study import runs as study_runs
+from experiments.study import verdicts as study_verdicts
 from experiments.study.options import CELLS, LESIONS, StudyOptions
 from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import quiet_logs
@@ -302,6 +303,15 @@ def run_study(options: StudyOptions) -> Dict[str, Dict[str, Any]]:
       print('\nPurity: fraction of a cell with its majority label per sample')
       print(study_cells.format_purity(results['purity'], variants))
     written[task] = results
+  if LESIONS in written:  # Beside the lesions' results, all tasks judged.
+    written[LESIONS]['verdicts'] = study_verdicts.verdicts_of_study(
+        written, options)
+    _write_json(os.path.join(options.results_dir, f'{LESIONS}.json'),
+                written[LESIONS])
+    print('\nVerdicts (docs/synthetic_study.md, "Criteria of the v3 '
+          'study"):')
+    for name, verdict in written[LESIONS]['verdicts'].items():
+      print(f'  {name}: {verdict}')
   return written
 
 
