@@ -7,7 +7,9 @@ seed s, draw `num_resamples` bootstrap resamples of that seed's test images
 pool the S x num_resamples resampled means of all seeds and report their mean
 and standard deviation (ddof = 0). The std therefore covers both the spread
 between seeds and the test-set sampling noise within each seed.
-`bootstrap_mean_std` is the single-seed case.
+`bootstrap_mean_std` is the single-seed case. A metric pooled over the
+images (a score of per-image statistics summed, e.g. MoSE's ECE) has
+`pooled_statistic_std` instead.
 """
 
 import numpy as np
@@ -79,3 +81,29 @@ def pooled_bootstrap(values_per_seed, num_resamples=1000, *, rng):
                        num_resamples, rng)
       for seed, values in enumerate(values_per_seed)])
   return float(means.mean()), float(means.std())
+
+
+def pooled_statistic_std(per_image_stats, score, num_resamples=1000, *, rng):
+  """Bootstrap std of a metric scored on statistics summed over the images.
+
+  Args:
+    per_image_stats: float `[num_images, ...]`, one statistic per image.
+    score: maps a sum of statistics (`[...]`) to the metric.
+    num_resamples: bootstrap resamples (images drawn with replacement).
+    rng: a `np.random.Generator` or an int seed.
+
+  Returns:
+    The std (ddof = 0) of `score` over the resamples' summed statistics.
+  """
+  num_resamples = _check_resamples(num_resamples)
+  stats = np.asarray(per_image_stats, np.float64)
+  if stats.ndim < 1 or not len(stats) or not np.all(np.isfinite(stats)):
+    raise ValueError(f'pooled_statistic_std: per_image_stats must be finite '
+                     f'with a leading image axis, got shape {stats.shape}.')
+  num = len(stats)
+  draws = np.random.default_rng(rng).integers(0, num,
+                                              size=(num_resamples, num))
+  # How often each image is drawn in each resample: [R, num_images].
+  counts = np.stack([np.bincount(d, minlength=num) for d in draws])
+  sums = counts @ stats.reshape(num, -1)
+  return float(np.std([score(s.reshape(stats.shape[1:])) for s in sums]))

@@ -11,7 +11,9 @@ Tasks (from `config.data.name`):
 - lesions (`synthetic_lesions`, `lidc_crops`, `lidc_v1`): `iou_rec` over all
   graders, `ged_16`, `ged_<N>` (GED^2 with self pairs, as the usual code),
   `hm_iou` (16 samples), `hm_iou_subset_b` (LIDC), and the other papers'
-  `diversity_16`, `diversity_<N>`, `ncc`, `ece` (`eval.field_metrics`),
+  `diversity_16`, `diversity_<N>`, `ncc`, `ece` (`eval.field_metrics`; a
+  pooled ECE, MoSE's, is scored on per-image bin statistics summed over the
+  images, kept per image as `ece_bins`),
   under the protocol of `config.eval` (`task_scores.LesionProtocol`, written
   into the summary as `protocol`); with the exact
   distribution (synthetic): `exact_ged` (N samples), `exact_hm_iou` (16
@@ -76,7 +78,8 @@ class EvalResult(NamedTuple):
 
   Attributes:
     metrics: flat dict, `<name>` and `<name>_std`; `oracle` where known.
-    per_image: dict name -> float64 `[num_images]`.
+    per_image: dict name -> float64 `[num_images]` (`[num_images, ...]`
+      for a pooled metric's statistics, `task_scores.POOLED_STATISTICS`).
     examples: list of dicts (image, targets, samples, reconstructions).
   """
   metrics: Dict[str, Any]
@@ -100,6 +103,12 @@ def _summarise(per_image: Dict[str, List[float]], num_resamples: int,
   out = {}
   for name, values in per_image.items():
     values = np.asarray(values, np.float64)
+    if name in task_scores.POOLED_STATISTICS:  # Summed, then scored.
+      out_name, score = task_scores.POOLED_STATISTICS[name]
+      out[out_name] = score(values.sum(axis=0))
+      out[out_name + '_std'] = bootstrap.pooled_statistic_std(
+          values, score, num_resamples, rng=seed)
+      continue
     values = values[np.isfinite(values)]
     if values.size == 0:
       continue
@@ -109,7 +118,7 @@ def _summarise(per_image: Dict[str, List[float]], num_resamples: int,
 
 
 def sample_labels(model, params, rng, images, num_samples: int,
-                  foreground_classes=(), per_sample_foreground=False):
+                  foreground_classes=(), per_sample_probabilities=False):
   """Encoder-once sampling (`model.sample`) reduced on the device.
 
   Args:
@@ -119,24 +128,27 @@ def sample_labels(model, params, rng, images, num_samples: int,
     images: `[B, H, W, C]`.
     num_samples: N (static).
     foreground_classes: classes whose softmax is summed (static tuple).
-    per_sample_foreground: return the summed foreground softmax of every
-      sample, `[N, B, H, W]`, instead of its mean (static).
+    per_sample_probabilities: return every sample's softmax over all
+      classes, `[N, B, H, W, K]`, instead (static); each class's own
+      float32 softmax keeps a background probability that `1 - foreground`
+      would round to 0.
 
   Returns:
     labels int32 `[N, B, H, W]` and the mean over samples of the summed
-    foreground softmax, `[B, H, W]` (or per sample, see above).
+    foreground softmax, `[B, H, W]` (or the probabilities, see above).
   """
 
-  def labels_and_foreground(logits):
+  def labels_and_probabilities(logits):
     probs = jax.nn.softmax(logits, axis=-1)
-    foreground = jnp.sum(probs[..., list(foreground_classes)], axis=-1)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32), foreground
+    if not per_sample_probabilities:
+      probs = jnp.sum(probs[..., list(foreground_classes)], axis=-1)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), probs
 
-  labels, foreground = model.sample(params, rng, images, num_samples,
-                                    per_sample=labels_and_foreground)
-  if per_sample_foreground:
-    return labels, foreground
-  return labels, jnp.mean(foreground, axis=0)
+  labels, probs = model.sample(params, rng, images, num_samples,
+                               per_sample=labels_and_probabilities)
+  if per_sample_probabilities:
+    return labels, probs
+  return labels, jnp.mean(probs, axis=0)
 
 
 def lesion_protocol(eval_config) -> task_scores.LesionProtocol:
@@ -148,7 +160,9 @@ def lesion_protocol(eval_config) -> task_scores.LesionProtocol:
       hm_iou_convention=eval_config.get('hm_iou_convention',
                                         paper.hm_iou_convention),
       ged_self_pairs=eval_config.get('ged_self_pairs',
-                                     paper.ged_self_pairs)).check()
+                                     paper.ged_self_pairs),
+      ece_convention=eval_config.get('ece_convention',
+                                     paper.ece_convention)).check()
 
 
 class Evaluator:
@@ -158,7 +172,8 @@ class Evaluator:
   sample count), `num_resamples` (bootstrap), `num_examples` (None = the
   whole split), `num_figure_examples`, `cluster_alpha`,
   `cluster_no_neighbour`, and for lesions `few_samples`,
-  `hm_iou_convention`, `ged_self_pairs` (see `lesion_protocol`); and `config.data.num_instance_ids` /
+  `hm_iou_convention`, `ged_self_pairs`, `ece_convention` (see
+  `lesion_protocol`); and `config.data.num_instance_ids` /
   `config.data.num_car_ids` for the instance tasks.
   """
 
@@ -171,17 +186,15 @@ class Evaluator:
     foreground = ()
     if self.task == CITYSCAPES:
       foreground = task_scores.car_classes(config.data.num_car_ids)
-    # Lesions: each sample's class-1 softmax, for PHiSeg's NCC.
+    # Lesions: each sample's softmax, for PHiSeg's NCC and the ECEs.
     per_sample = self.task in LESION_TASKS
-    if per_sample:
-      foreground = (1,)
     self.protocol = lesion_protocol(config.eval)
     # Configs saved before the option existed lack it: compile as they did.
     jit_kwargs = xla_options.jit_kwargs(config.get('xla_cpu_eigen_conv',
                                                    False))
     self._sample = jax.jit(functools.partial(
         sample_labels, model, foreground_classes=foreground,
-        per_sample_foreground=per_sample),
+        per_sample_probabilities=per_sample),
                            static_argnums=3, **jit_kwargs)
     self._mask = None
     if config.get('masking', None):
@@ -255,7 +268,7 @@ class Evaluator:
         elif self.task in LESION_TASKS:
           scores = task_scores.score_lesions(
               example, labels[:, i], reconstruct, np_rng, self.protocol,
-              sample_foreground=foreground[:, i])
+              sample_probs=foreground[:, i])
         elif self.task in INSTANCE_TASKS:
           scores = task_scores.score_instances(
               example, labels[:, i], reconstruct, np_rng,

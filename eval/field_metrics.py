@@ -11,8 +11,16 @@ docs/lidc_protocols.md, "How the published LIDC numbers were computed").
   again the LCM value).
 * `variance_ncc`: PHiSeg's `utils.variance_ncc_dist`.
 * `pixel_ece`: expected calibration error of a per-pixel probability map
-  against the graders' mean (our definition; none of the checked sources
-  computes one for LIDC).
+  against the graders' mean, bins `[lo, hi)`, one image (this code's
+  default: the probability is the fraction of samples marking the pixel).
+* `calibration_bins`, `ece_from_bins`, `class_wise_ece`: the ECEs MoSE and
+  SSN report, from the mean softmax. MoSE (`utils.metrics.calculate_ece`
+  with `label_range=[1]`): the foreground only, bins `(lo, hi]` so that
+  p = 0 pixels fall in no bin yet count in the pixel total, pooled over the
+  test set (per-image `calibration_bins` summed, then `ece_from_bins`). SSN
+  (`calc_class_wise_expected_calibration_error`): bins `[lo, hi)` (the last
+  `[0.9, 1]`), the background's and the foreground's ECE of each image
+  averaged (`class_wise_ece`), then the mean over images.
 
 Conventions as in `eval.metrics`: boolean mask stacks, both-empty IoU = 1.
 """
@@ -69,7 +77,12 @@ def hungarian_matched_iou_repeat_gt(samples, ground_truths):
 
 
 def binary_class_probabilities(foreground):
-  """Foreground probability `[..., H, W]` -> `[..., H, W, 2]` (bg, fg)."""
+  """Foreground probability `[..., H, W]` -> `[..., H, W, 2]` (bg, fg).
+
+  Only for exact foreground probabilities: a float32 softmax near 1 has lost
+  the background's (`1 - fg` is 0 where the logit gap exceeds ~17), so the
+  evaluator keeps both classes' softmax instead.
+  """
   foreground = np.asarray(foreground, np.float64)
   return np.stack([1.0 - foreground, foreground], axis=-1)
 
@@ -122,7 +135,8 @@ def pixel_ece(probabilities, targets, num_bins=10):
   """Expected calibration error of a probability map against soft targets.
 
   Pixels are binned by their probability into `num_bins` equal bins of
-  [0, 1] (`[0, 1/B), ..., [1 - 1/B, 1]`); ECE = sum_b (n_b / n) |mean
+  [0, 1] (`[0, 1/B), ..., [1 - 1/B, 1]`, by `floor(p B)`, so a fraction
+  on an edge such as 3/10 opens its bin); ECE = sum_b (n_b / n) |mean
   probability in b - mean target in b|. With the targets the graders' mean
   (a pixel's fraction of graders marking it) and the probabilities the
   fraction of samples marking it, 0 means that where the model says p, a
@@ -136,14 +150,96 @@ def pixel_ece(probabilities, targets, num_bins=10):
   Returns:
     ECE as a float in [0, 1].
   """
-  p = np.asarray(probabilities, np.float64).ravel()
-  y = np.asarray(targets, np.float64).ravel()
-  if p.shape != y.shape or not p.size:
-    raise ValueError(f'pixel_ece: shapes differ or are empty: '
-                     f'{np.shape(probabilities)} vs {np.shape(targets)}.')
-  if min(p.min(), y.min()) < 0 or max(p.max(), y.max()) > 1:
-    raise ValueError('pixel_ece: probabilities and targets must be in [0, 1].')
+  p, y = _checked_maps('pixel_ece', probabilities, targets)
   bins = np.minimum((p * num_bins).astype(np.int64), num_bins - 1)
   counts = np.bincount(bins, minlength=num_bins)
   gap = np.abs(np.bincount(bins, weights=p - y, minlength=num_bins))
   return float(gap.sum() / counts.sum())
+
+
+# Where a pixel of probability p falls: 'left' bins [lo, hi) (the last
+# [lo, 1]), as SSN's code; 'right' bins (lo, hi], p = 0 in none, as MoSE's.
+BIN_SIDES = ('left', 'right')
+
+
+def calibration_bins(probabilities, targets, num_bins=10, closed='left'):
+  """Per-bin pixel counts and sums of a probability map and its targets.
+
+  The bin edges are `np.linspace(0, 1, num_bins + 1)` (the peers' edges).
+  Summing the result over images pools them (MoSE's test-set ECE).
+
+  Args:
+    probabilities: float `[H, W]` (any shape) in [0, 1].
+    targets: float, same shape, in [0, 1] (the graders' mean).
+    num_bins: B.
+    closed: 'left' (`[lo, hi)`, 1 in the last bin) or 'right' (`(lo, hi]`,
+      0 in no bin).
+
+  Returns:
+    float64 `[3, B + 1]`: rows pixel count, sum of probabilities, sum of
+    targets; column b in 1..B the bin b, column 0 the pixels in no bin
+    (p = 0 with 'right'; always empty with 'left').
+  """
+  if closed not in BIN_SIDES:
+    raise ValueError(f'calibration_bins: closed must be one of {BIN_SIDES}, '
+                     f'got {closed!r}.')
+  p, y = _checked_maps('calibration_bins', probabilities, targets)
+  edges = np.linspace(0.0, 1.0, num_bins + 1)
+  if closed == 'left':
+    column = np.minimum(np.searchsorted(edges, p, side='right'), num_bins)
+  else:
+    column = np.searchsorted(edges, p, side='left')  # 0 only for p = 0.
+  stats = [np.bincount(column, weights=w, minlength=num_bins + 1)
+           for w in (np.ones_like(p), p, y)]
+  return np.stack(stats).astype(np.float64)
+
+
+def ece_from_bins(bins):
+  """ECE = sum_b (n_b / n) |mean p in b - mean target in b| over bins
+  1..B, with n every pixel counted (column 0 too).
+
+  Args:
+    bins: float `[3, B + 1]` from `calibration_bins` (or a sum of them).
+  """
+  bins = np.asarray(bins, np.float64)
+  if bins.ndim != 2 or bins.shape[0] != 3 or bins.shape[1] < 2:
+    raise ValueError(f'ece_from_bins: expected [3, B + 1] bin statistics, '
+                     f'got shape {bins.shape}.')
+  total = bins[0].sum()
+  if total <= 0:
+    raise ValueError('ece_from_bins: no pixels.')
+  return float(np.abs(bins[1, 1:] - bins[2, 1:]).sum() / total)
+
+
+def class_wise_ece(mean_probs, ground_truths, num_bins=10):
+  """SSN's ECE of one image: the mean over classes of each class's ECE
+  (bins `[lo, hi)`) of its mean softmax against the fraction of graders
+  giving the pixel that class.
+
+  Args:
+    mean_probs: float `[H, W, K]`, the samples' mean softmax.
+    ground_truths: int or bool `[M, H, W]` labels in `[0, K)`.
+    num_bins: B.
+  """
+  mean_probs = np.asarray(mean_probs, np.float64)
+  labels = np.asarray(ground_truths).astype(np.int64)
+  if mean_probs.ndim != 3 or labels.ndim != 3 or (
+      mean_probs.shape[:2] != labels.shape[1:]):
+    raise ValueError(f'class_wise_ece: expected mean_probs [H, W, K] and '
+                     f'ground_truths [M, H, W] of one size, got '
+                     f'{mean_probs.shape} and {labels.shape}.')
+  return float(np.mean([
+      ece_from_bins(calibration_bins(mean_probs[..., k],
+                                     np.mean(labels == k, axis=0), num_bins))
+      for k in range(mean_probs.shape[-1])]))
+
+
+def _checked_maps(name, probabilities, targets):
+  p = np.asarray(probabilities, np.float64).ravel()
+  y = np.asarray(targets, np.float64).ravel()
+  if p.shape != y.shape or not p.size:
+    raise ValueError(f'{name}: shapes differ or are empty: '
+                     f'{np.shape(probabilities)} vs {np.shape(targets)}.')
+  if not (np.all((p >= 0) & (p <= 1)) and np.all((y >= 0) & (y <= 1))):
+    raise ValueError(f'{name}: probabilities and targets must be in [0, 1].')
+  return p, y

@@ -32,13 +32,14 @@ class ResultsExistError(FileExistsError):
 
 # The HPU-Net paper's protocol (config.eval's defaults): no suffix for it.
 _DEFAULT_PROTOCOL = {'few_samples': 16, 'hm_iou_convention': 'lcm',
-                     'ged_self_pairs': True}
+                     'ged_self_pairs': True,
+                     'ece_convention': 'sample_fraction'}
 
 
 def protocol_tag(eval_config) -> str:
-  """'' for the paper's protocol, else e.g. `_few50_repeat_gt_noself`, so
-  evaluations under other conventions (README, "How the published LIDC
-  numbers were computed") get folders of their own."""
+  """'' for the paper's protocol, else e.g. `_few50_repeat_gt_noself` or
+  `_ece_mose`, so evaluations under other conventions
+  (docs/lidc_protocols.md) get folders of their own."""
   get = lambda k: eval_config.get(k, _DEFAULT_PROTOCOL[k])
   tag = ''
   if get('few_samples') != _DEFAULT_PROTOCOL['few_samples']:
@@ -47,6 +48,8 @@ def protocol_tag(eval_config) -> str:
     tag += f'_{get("hm_iou_convention")}'
   if not get('ged_self_pairs'):
     tag += '_noself'
+  if get('ece_convention') != _DEFAULT_PROTOCOL['ece_convention']:
+    tag += f'_ece_{get("ece_convention")}'
   return tag
 
 

@@ -3,7 +3,8 @@ r"""Offline evaluation of a trained run: metrics.json, a table and figures.
   python -m eval.run_metrics --workdir=/tmp/hpunet_lesions [--split=test] \
       [--num_samples=100] [--num_examples=200] [--overwrite] \
       [--config=experiments/synthetic_lesions.py] [--few_samples=16] \
-      [--hm_iou_convention=lcm] [--ged_self_pairs]
+      [--hm_iou_convention=lcm] [--ged_self_pairs] \
+      [--ece_convention=sample_fraction]
 
 Restores the newest checkpoint in `<workdir>/checkpoints` (the config saved
 with it unless `--config` is given), samples with encoder-once sampling and
@@ -48,8 +49,8 @@ _NUM_EXAMPLES = flags.DEFINE_integer(
 _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace an earlier evaluation with the same step, '
     'split and settings (by default it is kept and the run refuses).')
-# Protocol options of the lesion tasks (README, "How the published LIDC
-# numbers were computed"); written into metrics.json as `protocol`.
+# Protocol options of the lesion tasks (docs/lidc_protocols.md); written
+# into metrics.json as `protocol`.
 _FEW_SAMPLES = flags.DEFINE_integer(
     'few_samples', None, 'Samples for HM-IoU and the "few" GED^2 / diversity; '
     'default config.eval.few_samples (16).')
@@ -59,6 +60,11 @@ _HM_IOU_CONVENTION = flags.DEFINE_enum(
 _GED_SELF_PAIRS = flags.DEFINE_bool(
     'ged_self_pairs', None, 'GED^2 / diversity within-set means include the '
     'i == j pairs (default config.eval.ged_self_pairs, True).')
+_ECE_CONVENTION = flags.DEFINE_enum(
+    'ece_convention', None, ['sample_fraction', 'mose', 'ssn'],
+    'Lesion ECE: sample_fraction (this code, per image), mose (mean '
+    'foreground softmax, pooled over the images) or ssn (mean of both '
+    'classes\' ECEs per image); default config.eval.ece_convention.')
 
 
 def main(argv):
@@ -80,7 +86,8 @@ def main(argv):
     config.eval.num_examples = _NUM_EXAMPLES.value or None
   for name, flag in (('few_samples', _FEW_SAMPLES),
                      ('hm_iou_convention', _HM_IOU_CONVENTION),
-                     ('ged_self_pairs', _GED_SELF_PAIRS)):
+                     ('ged_self_pairs', _GED_SELF_PAIRS),
+                     ('ece_convention', _ECE_CONVENTION)):
     if flag.value is not None:
       config.eval[name] = flag.value  # Adds it to configs saved before.
   split = _SPLIT.value or config.eval.split

@@ -7,7 +7,7 @@ callable, and returns `(values, oracle_values, arrays)`: per-image metric
 values, the same metrics for samples of the true distribution where it is
 known, and arrays for the figures.
 """
-from typing import Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import numpy as np
 
@@ -23,6 +23,14 @@ Scores = Tuple[Dict[str, float], Dict[str, float], Dict[str, np.ndarray]]
 # The paper's HM-IoU and the GED "at 16 samples" use this many samples.
 FEW_SAMPLES = 16
 HM_IOU_CONVENTIONS = ('lcm', 'repeat_gt')
+# 'sample_fraction': this code's per-image ECE of the samples' foreground
+# fraction; 'mose', 'ssn': those papers' ECEs of the mean softmax
+# (eval.field_metrics).
+ECE_CONVENTIONS = ('sample_fraction', 'mose', 'ssn')
+# Per-image statistics the evaluator sums over the images before scoring
+# them (its bootstrap std: `bootstrap.pooled_statistic_std`):
+# name -> (summary name, score of the sum).
+POOLED_STATISTICS = {'ece_bins': ('ece', field_metrics.ece_from_bins)}
 
 
 class LesionProtocol(NamedTuple):
@@ -39,15 +47,24 @@ class LesionProtocol(NamedTuple):
       repeated N / M times, MoSE and CAR; needs M | N, and then equal).
     ged_self_pairs: whether GED^2's and the diversity's within-set means
       include the i == j pairs (True: as every published code does).
+    ece_convention: 'sample_fraction' (per image, the fraction of samples
+      marking a pixel against the graders' mean), 'mose' (the mean
+      foreground softmax, bins (lo, hi], pooled over all images) or 'ssn'
+      (per image, the mean of the background's and foreground's ECE of the
+      mean softmax); see `eval.field_metrics`.
   """
   few_samples: int = FEW_SAMPLES
   hm_iou_convention: str = 'lcm'
   ged_self_pairs: bool = True
+  ece_convention: str = 'sample_fraction'
 
   def check(self) -> 'LesionProtocol':
     if self.hm_iou_convention not in HM_IOU_CONVENTIONS:
       raise ValueError(f'hm_iou_convention must be one of '
                        f'{HM_IOU_CONVENTIONS}, got {self.hm_iou_convention!r}')
+    if self.ece_convention not in ECE_CONVENTIONS:
+      raise ValueError(f'ece_convention must be one of {ECE_CONVENTIONS}, '
+                       f'got {self.ece_convention!r}')
     if self.few_samples < 1:
       raise ValueError(f'few_samples must be >= 1, got {self.few_samples}')
     return self
@@ -93,20 +110,47 @@ def distribution_scores(samples: np.ndarray, graders: np.ndarray,
   return values
 
 
+def lesion_ece(samples: np.ndarray, graders: np.ndarray,
+               sample_probs: np.ndarray, convention: str) -> Dict[str, Any]:
+  """The ECE of one image under `convention` (`LesionProtocol`):
+  `{'ece': value}`, or for 'mose' `{'ece_bins': float [3, B + 1]}`, the
+  image's share of the pooled ECE (`field_metrics.calibration_bins`).
+
+  Args:
+    samples: bool `[N, H, W]` foreground of the samples.
+    graders: bool `[G, H, W]`.
+    sample_probs: float `[N, H, W, 2]`, each sample's softmax (needed by
+      'mose' and 'ssn'; None otherwise).
+    convention: one of `ECE_CONVENTIONS`.
+  """
+  if convention == 'sample_fraction':
+    return {'ece': field_metrics.pixel_ece(samples.mean(axis=0),
+                                           graders.mean(axis=0))}
+  if sample_probs is None:
+    raise ValueError(f'ece_convention {convention!r} needs the samples\' '
+                     'softmax (sample_probs).')
+  mean_probs = np.mean(np.asarray(sample_probs, np.float64), axis=0)
+  if convention == 'ssn':
+    return {'ece': field_metrics.class_wise_ece(mean_probs, graders)}
+  return {'ece_bins': field_metrics.calibration_bins(
+      mean_probs[..., 1], graders.mean(axis=0), closed='right')}
+
+
 def score_lesions(example: dict, sample_labels: np.ndarray,
                   reconstruct: Callable, rng: np.random.Generator,
                   protocol: LesionProtocol = PAPER_PROTOCOL,
-                  sample_foreground: np.ndarray = None) -> Scores:
+                  sample_probs: np.ndarray = None) -> Scores:
   """Binary lesion tasks (synthetic lesions, LIDC); foreground = class 1.
 
   `iou_rec` averages the posterior-mean reconstruction IoU over all graders
   (paper Appx. C); both-empty counts as IoU 1 (Appx. B.2). Also the other
-  papers' metrics (`eval.field_metrics`): `diversity_<n>`, `ece` (the
-  samples' foreground fraction against the graders' mean, all samples) and,
-  given `sample_foreground` (float `[N, H, W]`, each sample's foreground
-  softmax), PHiSeg's `ncc` over all samples. Synthetic-lesions examples
-  (with `lesion_params`) add `lesion_styles.hierarchy_scores` of all
-  samples: `style_coherence`, `style_tv`, `presence_bias`.
+  papers' metrics (`eval.field_metrics`): `diversity_<n>`, the ECE of all
+  samples under `protocol.ece_convention` (`lesion_ece`: `ece`, or MoSE's
+  pooled `ece_bins`) and, given `sample_probs` (float `[N, H, W, 2]`, each
+  sample's softmax over both classes), PHiSeg's `ncc` over all samples.
+  Synthetic-lesions examples (with `lesion_params`) add
+  `lesion_styles.hierarchy_scores` of all samples: `style_coherence`,
+  `style_tv`, `presence_bias`.
   """
   graders = np.asarray(example['graders']) > 0  # [G, H, W]
   images = np.repeat(example['image'][None], len(graders), axis=0)
@@ -119,12 +163,11 @@ def score_lesions(example: dict, sample_labels: np.ndarray,
     modes = np.asarray(example['modes']) > 0
     probs = np.asarray(example['mode_probs'], np.float64)
   values.update(distribution_scores(samples, graders, protocol, modes, probs))
-  values['ece'] = field_metrics.pixel_ece(samples.mean(axis=0),
-                                          graders.mean(axis=0))
-  if sample_foreground is not None:
-    values['ncc'] = field_metrics.variance_ncc(
-        field_metrics.binary_class_probabilities(sample_foreground),
-        graders.astype(np.int64))
+  values.update(lesion_ece(samples, graders, sample_probs,
+                           protocol.ece_convention))
+  if sample_probs is not None:
+    values['ncc'] = field_metrics.variance_ncc(sample_probs,
+                                               graders.astype(np.int64))
   lesion_params = example.get('lesion_params')
   if lesion_params is not None:
     values.update(lesion_styles.hierarchy_scores(samples, lesion_params))

@@ -321,4 +321,9 @@ def eval_config(num_samples: int, *, cluster_alpha: int = 16,
       # GED^2 / diversity within-set means over all N^2 pairs (True, as all
       # published code) or only the N (N - 1) pairs i != j (False).
       ged_self_pairs=True,
+      # Lesion ECE: 'sample_fraction' (per image, the fraction of samples
+      # marking a pixel vs the graders' mean), 'mose' (mean foreground
+      # softmax, bins (lo, hi], pooled over the test set) or 'ssn' (per
+      # image, mean of both classes' ECEs of the mean softmax).
+      ece_convention='sample_fraction',
   ))

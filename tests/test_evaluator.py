@@ -2,8 +2,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from eval import evaluator
+from eval import field_metrics
 from eval import task_scores
 from hpunet_jax import models
 from tests.test_model import TINY_HPUNET
@@ -27,6 +29,56 @@ def test_sample_labels_equal_argmax_of_model_sample():
   probs = jax.nn.softmax(logits, -1)
   np.testing.assert_allclose(foreground, probs[..., 1:].sum(-1).mean(0),
                              atol=1e-5)
+  labels, per_sample = evaluator.sample_labels(
+      model, params, key, image, 5, per_sample_probabilities=True)
+  np.testing.assert_array_equal(labels, jnp.argmax(logits, -1))
+  np.testing.assert_allclose(per_sample, probs, atol=1e-6)
+
+
+class _FixedLogits:
+  """A model whose samples are given logits `[N, B, H, W, K]`."""
+
+  def __init__(self, logits):
+    self.logits = jnp.asarray(logits, jnp.float32)
+
+  def sample(self, params, rng, images, num_samples, per_sample):
+    del params, rng, images
+    return jax.lax.map(per_sample, self.logits[:num_samples])
+
+
+def test_ncc_keeps_the_background_probability_at_large_logit_gaps():
+  rng = np.random.default_rng(3)
+  # Foreground ahead by 18 (+-2) in the core, behind by as much outside,
+  # and samples disagreeing (logits in [-4, 4]) on a ring around the core.
+  core = np.zeros((12, 12), bool)
+  core[4:8, 3:9] = True
+  ring = np.zeros((12, 12), bool)
+  ring[2:10, 1:11] = True
+  ring &= ~core
+  gap = 18 + rng.uniform(-2, 2, size=(12, 12, 12))
+  fg_logit = np.where(ring, rng.uniform(-4, 4, size=gap.shape),
+                      np.where(core, gap, -gap))
+  logits = np.stack([np.zeros_like(fg_logit), fg_logit], axis=-1)[:, None]
+  graders = np.stack([core, core | ring, np.roll(core, 1, 0),
+                      core]).astype(np.int32)
+  labels, probs = evaluator.sample_labels(
+      _FixedLogits(logits), None, None, np.zeros((1, 12, 12, 1)), 12,
+      per_sample_probabilities=True)
+  assert probs.shape == (12, 1, 12, 12, 2) and probs.dtype == jnp.float32
+  example = {'image': np.zeros((12, 12, 1), np.float32), 'graders': graders,
+             'mask': np.ones((12, 12), np.float32)}
+  values, _, _ = task_scores.score_lesions(
+      example, np.asarray(labels[:, 0]), _identity_reconstruct,
+      np.random.default_rng(0),
+      task_scores.LesionProtocol(few_samples=4), np.asarray(probs[:, 0]))
+  exact = np.exp(logits[:, 0] - logits[:, 0].max(-1, keepdims=True))
+  exact /= exact.sum(-1, keepdims=True)  # float64 two-class softmax.
+  expected = field_metrics.variance_ncc(exact, graders)
+  assert values['ncc'] == pytest.approx(expected, abs=1e-6)
+  # Rebuilding the background as 1 - foreground (float32) loses it.
+  rebuilt = field_metrics.binary_class_probabilities(
+      np.asarray(probs[:, 0, ..., 1]))
+  assert abs(field_metrics.variance_ncc(rebuilt, graders) - expected) > 1e-4
 
 
 def _lesion_example():

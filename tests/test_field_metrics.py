@@ -6,6 +6,8 @@ import statistics
 import numpy as np
 import pytest
 
+from eval import bootstrap
+from eval import evaluator
 from eval import field_metrics
 from eval import metrics
 from eval import task_scores
@@ -191,11 +193,12 @@ def test_lesion_scores_report_field_metrics_under_a_protocol():
              'mask': np.ones((16, 16), np.float32), 'subset_b': True}
   samples = _random_masks(rng, 20, shape=(16, 16)).astype(np.int32)
   foreground = rng.uniform(size=(20, 16, 16))
+  probs = np.stack([1 - foreground, foreground], axis=-1)
   protocol = task_scores.LesionProtocol(few_samples=8,
                                         hm_iou_convention='repeat_gt',
                                         ged_self_pairs=False)
   values, _, _ = task_scores.score_lesions(example, samples, _identity, rng,
-                                           protocol, foreground)
+                                           protocol, probs)
   fg = samples > 0
   assert values['ged_8'] == pytest.approx(metrics.generalized_energy_distance(
       fg[:8], graders > 0, include_self_pairs=False))
@@ -207,7 +210,117 @@ def test_lesion_scores_report_field_metrics_under_a_protocol():
   assert values['ece'] == pytest.approx(field_metrics.pixel_ece(
       fg.mean(0), (graders > 0).mean(0)))
   assert values['ncc'] == pytest.approx(_phiseg_variance_ncc(
-      field_metrics.binary_class_probabilities(foreground),
-      np.eye(2)[graders]))
+      probs, np.eye(2)[graders]))
   with pytest.raises(ValueError, match='hm_iou_convention'):
     task_scores.LesionProtocol(hm_iou_convention='hungarian').check()
+  with pytest.raises(ValueError, match='ece_convention'):
+    task_scores.LesionProtocol(ece_convention='guo').check()
+  with pytest.raises(ValueError, match="'ssn' needs the samples' softmax"):
+    task_scores.score_lesions(example, samples, _identity, rng,
+                              protocol._replace(ece_convention='ssn'))
+
+
+# --- The peers' ECE conventions --------------------------------------------
+
+
+def _hand_example():
+  """1x2 image, 20 samples: 10 and 9 mark the pixels, with a foreground
+  softmax whose means are [.50, .45]; 3 and 1 of 4 graders mark them."""
+  samples = np.zeros((20, 1, 2), np.int32)
+  samples[:10, 0, 0] = 1
+  samples[:9, 0, 1] = 1
+  foreground = np.empty((20, 1, 2))
+  foreground[:, 0, 0] = np.where(samples[:, 0, 0], 0.9, 0.1)  # Mean .5.
+  foreground[:, 0, 1] = np.where(samples[:, 0, 1], 0.9, 0.9 / 11)  # .45.
+  graders = np.array([[[1, 1]], [[1, 0]], [[1, 0]], [[0, 0]]], np.int32)
+  return samples, np.stack([1 - foreground, foreground], axis=-1), graders
+
+
+def test_ece_conventions_on_the_hand_example():
+  samples, probs, graders = _hand_example()
+  np.testing.assert_allclose(probs[..., 1].mean(0), [[0.5, 0.45]])
+  # Ours: bins [.5, .6) and [.4, .5): (|.5 - .75| + |.45 - .25|) / 2.
+  assert field_metrics.pixel_ece([0.5, 0.45], [0.75, 0.25]) == (
+      pytest.approx(0.225))
+  # MoSE: both in (.4, .5]: |.475 - .5|.
+  assert field_metrics.ece_from_bins(field_metrics.calibration_bins(
+      [0.5, 0.45], [0.75, 0.25], closed='right')) == pytest.approx(0.025)
+  # SSN: foreground .225 as ours; background .5, .55 both in [.5, .6):
+  # |.525 - .5| = .025; their mean .125.
+  assert field_metrics.class_wise_ece(
+      [[[0.5, 0.5], [0.55, 0.45]]], graders) == pytest.approx(0.125)
+  example = {'image': np.zeros((1, 2, 1), np.float32), 'graders': graders,
+             'mask': np.ones((1, 2), np.float32)}
+  expected = {'sample_fraction': 0.225, 'ssn': 0.125}
+  for convention, value in expected.items():
+    protocol = task_scores.LesionProtocol(few_samples=4,
+                                          ece_convention=convention)
+    scores, _, _ = task_scores.score_lesions(
+        example, samples, _identity, np.random.default_rng(0), protocol,
+        probs.astype(np.float32))
+    assert scores['ece'] == pytest.approx(value, abs=1e-7), convention
+  protocol = task_scores.LesionProtocol(few_samples=4, ece_convention='mose')
+  scores, _, _ = task_scores.score_lesions(
+      example, samples, _identity, np.random.default_rng(0), protocol,
+      probs.astype(np.float32))
+  assert 'ece' not in scores
+  assert field_metrics.ece_from_bins(scores['ece_bins']) == pytest.approx(
+      0.025, abs=1e-7)
+
+
+def test_mose_ece_pools_the_images_and_p0_counts_only_in_the_total():
+  # Image a: p .05 (target 0), .35 (.5); image b: p .08 (.25), 0 (.5).
+  a = field_metrics.calibration_bins([0.05, 0.35], [0.0, 0.5],
+                                     closed='right')
+  b = field_metrics.calibration_bins([0.08, 0.0], [0.25, 0.5],
+                                     closed='right')
+  assert b[0, 0] == 1 and b[2, 0] == 0.5  # p = 0: in no bin.
+  # (0, .1]: |(.05 + .08) - (0 + .25)| = .12; (.3, .4]: .15; 4 pixels.
+  assert field_metrics.ece_from_bins(a + b) == pytest.approx(0.27 / 4)
+  # Not the mean of the images' ECEs ((.2 / 2 + .17 / 2) / 2).
+  assert field_metrics.ece_from_bins(a) == pytest.approx(0.1)
+  assert field_metrics.ece_from_bins(b) == pytest.approx(0.085)
+  summary = evaluator._summarise(  # pylint: disable=protected-access
+      {'ece_bins': [a, b]}, 50, seed=0)
+  assert summary['ece'] == pytest.approx(0.0675)
+  assert 0 < summary['ece_std'] < 0.1
+  # A p = 0 pixel: MoSE leaves it out of every bin (its target ignored),
+  # SSN's [0, .1) bin and ours hold it.
+  assert field_metrics.ece_from_bins(field_metrics.calibration_bins(
+      [0.0, 0.5], [1.0, 0.5], closed='right')) == 0.0
+  assert field_metrics.ece_from_bins(field_metrics.calibration_bins(
+      [0.0, 0.5], [1.0, 0.5], closed='left')) == 0.5
+  assert field_metrics.pixel_ece([0.0, 0.5], [1.0, 0.5]) == 0.5
+  # p = 1 is in the last bin on both sides.
+  for closed in field_metrics.BIN_SIDES:
+    bins = field_metrics.calibration_bins([1.0], [0.0], closed=closed)
+    assert bins[0, -1] == 1 and field_metrics.ece_from_bins(bins) == 1.0
+
+
+def test_bin_edges_are_the_peers_linspace_edges():
+  edges = np.linspace(0, 1, 11)
+  p = np.concatenate([edges, np.random.default_rng(7).uniform(size=200)])
+  y = np.zeros_like(p)
+  left = field_metrics.calibration_bins(p, y)[0]
+  right = field_metrics.calibration_bins(p, y, closed='right')[0]
+  for b in range(10):
+    lo, hi = edges[b], edges[b + 1]
+    assert left[b + 1] == np.sum((p >= lo) & ((p < hi) | (b == 9)))
+    assert right[b + 1] == np.sum((p > lo) & (p <= hi))
+  assert left[0] == 0 and right[0] == 1  # The single p = 0.
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    field_metrics.calibration_bins([np.nan], [0.0])
+  with pytest.raises(ValueError, match='closed'):
+    field_metrics.calibration_bins([0.5], [0.5], closed='both')
+
+
+def test_pooled_bootstrap_std_matches_a_resampling_loop():
+  rng = np.random.default_rng(8)
+  per_image = np.stack([field_metrics.calibration_bins(
+      rng.uniform(size=30) ** 3, rng.integers(0, 5, 30) / 4, closed='right')
+                        for _ in range(6)])
+  std = bootstrap.pooled_statistic_std(per_image, field_metrics.ece_from_bins,
+                                       40, rng=3)
+  draws = np.random.default_rng(3).integers(0, 6, size=(40, 6))
+  loop = [field_metrics.ece_from_bins(per_image[d].sum(0)) for d in draws]
+  assert std == pytest.approx(np.std(loop), rel=1e-12) and std > 0

@@ -32,13 +32,13 @@ def test_run_metrics_keeps_every_evaluation(tmp_path):
   # A protocol other than the config's: written into metrics.json and into
   # the folder's name.
   protocol = ('--few_samples=4', '--hm_iou_convention=repeat_gt',
-              '--noged_self_pairs')
+              '--noged_self_pairs', '--ece_convention=mose')
   first = _run_metrics(f'--workdir={workdir}', '--num_samples=6',
                        '--num_examples=3', '--split=validation', *protocol)
   assert first.returncode == 0, first.stderr
   assert 'oracle' in first.stdout and 'exact_ged' in first.stdout
   out = (workdir / 'eval' / 'validation' /
-         'step2_samples6_images3_few4_repeat_gt_noself')
+         'step2_samples6_images3_few4_repeat_gt_noself_ece_mose')
   assert f'Wrote {out}/' in first.stdout and 'samples.png' in first.stdout
   # No Orbax INFO chatter; the evaluation's own progress lines are there.
   assert 'orbax' not in first.stderr.lower(), first.stderr
@@ -51,10 +51,18 @@ def test_run_metrics_keeps_every_evaluation(tmp_path):
   assert -1.0 <= summary['ncc'] <= 1.0
   assert summary['protocol'] == {
       'few_samples': 4, 'hm_iou_convention': 'repeat_gt',
-      'ged_self_pairs': False, 'num_samples': 6, 'num_examples': 3,
+      'ged_self_pairs': False, 'ece_convention': 'mose', 'num_samples': 6,
+      'num_examples': 3,
       'split': 'validation', 'data': 'synthetic_lesions',
       'builder_config': 'tiny'}
   assert summary['oracle']['exact_ged'] < 0.5
+  # MoSE's ECE: per-image bin statistics, pooled into the summary's `ece`.
+  with np.load(out / 'per_image.npz') as per_image:
+    assert per_image['ece_bins'].shape == (3, 3, 11)
+    assert 'ece' not in per_image.files
+    pooled = per_image['ece_bins'].sum(0)
+  assert summary['ece'] == pytest.approx(
+      np.abs(pooled[1, 1:] - pooled[2, 1:]).sum() / pooled[0].sum())
   for name in ('samples.png', 'training_curves.png'):
     assert (out / name).stat().st_size > 1000
   first_files = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -75,7 +83,7 @@ def test_run_metrics_keeps_every_evaluation(tmp_path):
   assert {p.name: p.read_bytes() for p in out.iterdir()} == first_files
   assert sorted(p.name for p in (workdir / 'eval' / 'validation').iterdir()
                 ) == ['step2_samples4_images2',
-                      'step2_samples6_images3_few4_repeat_gt_noself']
+                      'step2_samples6_images3_few4_repeat_gt_noself_ece_mose']
 
   missing = _run_metrics(f'--workdir={tmp_path / "nothing"}', timeout=300)
   assert missing.returncode == 1
@@ -97,6 +105,8 @@ def test_protocol_tag_names_only_departures_from_the_paper():
   assert outputs.protocol_tag({'few_samples': 50}) == '_few50'
   assert outputs.protocol_tag({'hm_iou_convention': 'repeat_gt',
                                'ged_self_pairs': False}) == '_repeat_gt_noself'
+  assert outputs.protocol_tag({'ece_convention': 'sample_fraction'}) == ''
+  assert outputs.protocol_tag({'ece_convention': 'ssn'}) == '_ece_ssn'
 
 
 def test_results_folders_are_named_by_settings_and_written_whole(tmp_path):
