@@ -89,9 +89,12 @@ def mixed_precision_model(model: models.Model,
     return to_f32(model.decode(down(params), rng, down(encoding),
                                mean_levels))
 
-  def sample(params, rng, image, num_samples, mean_levels=None):
+  def sample(params, rng, image, num_samples, mean_levels=None,
+             per_sample=None):
+    reduce = per_sample or (lambda logits: logits)
     return to_f32(model.sample(down(params), rng, down(image), num_samples,
-                               mean_levels))
+                               mean_levels,
+                               per_sample=lambda out: reduce(to_f32(out))))
 
   def sample_full_rerun(params, rng, image, num_samples, mean_levels=None):
     return to_f32(model.sample_full_rerun(down(params), rng, down(image),

@@ -113,6 +113,27 @@ def test_bfloat16_reconstruction_is_close_to_float32():
   np.testing.assert_allclose(logits16, logits32, atol=0.05 * scale)
 
 
+def test_bfloat16_sample_applies_per_sample_to_float32_logits():
+  config = _config()
+  model = models.make_model(config.model_type, config.model.to_dict())
+  batch = common.synthetic_batch(config)
+  params = model.init(jax.random.PRNGKey(0), batch['image'],
+                      batch['segmentation'])
+  model16 = precision.mixed_precision_model(model, 'bfloat16')
+  rng, image = jax.random.PRNGKey(1), batch['image'][:1]
+  logits = model16.sample(params, rng, image, 3)
+  seen = []
+
+  def labels(out):  # What the evaluator's reduction sees.
+    seen.append(out.dtype)
+    return jnp.argmax(out, axis=-1)
+
+  np.testing.assert_array_equal(
+      model16.sample(params, rng, image, 3, per_sample=labels),
+      jnp.argmax(logits, axis=-1))
+  assert seen == [jnp.float32]
+
+
 def _convs_and_dots(lowered_text):
   return [line for line in lowered_text.splitlines()
           if 'stablehlo.convolution' in line or 'stablehlo.dot_general' in line]

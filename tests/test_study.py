@@ -136,9 +136,11 @@ def test_disagreement_probabilities():
 
 
 def test_pool_seeds_matches_pooled_bootstrap_and_drops_nan():
-  seeds = [{'a': np.array([0.1, 0.3, np.nan]), 'b': np.array([1.0])},
+  seeds = [{'a': np.array([0.1, 0.3, np.nan]), 'b': np.array([1.0]),
+            'ece_bins': np.ones((3, 3, 11))},  # Not a per-image metric.
            {'a': np.array([0.5, 0.7])}]
   pooled = study_analysis.pool_seeds(seeds, num_resamples=50, rng_seed=3)
+  assert set(pooled) == {'a', 'a_std', 'b', 'b_std'}
   mean, std = bootstrap.pooled_bootstrap(
       [np.array([0.1, 0.3]), np.array([0.5, 0.7])], 50, rng=3)
   assert (pooled['a'], pooled['a_std']) == (mean, std)

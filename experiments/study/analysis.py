@@ -170,6 +170,9 @@ def pool_seeds(per_image_by_seed: Sequence[Mapping[str, np.ndarray]],
 
   Metrics missing from a seed, and non-finite per-image values (images where
   a metric is undefined), are left out, as the evaluator does for one seed.
+  Only one value per image is pooled: per-image statistics of another shape
+  (e.g. ECE bin counts `[num_images, 3, bins]`, scored once over the whole
+  set) are not per-image metrics and are left out.
 
   Args:
     per_image_by_seed: per seed, `metric -> float [num_images]`.
@@ -181,6 +184,8 @@ def pool_seeds(per_image_by_seed: Sequence[Mapping[str, np.ndarray]],
   for name in names:
     seeds = [np.asarray(values[name], np.float64)
              for values in per_image_by_seed if name in values]
+    if any(v.ndim != 1 for v in seeds):
+      continue
     seeds = [v[np.isfinite(v)] for v in seeds]
     seeds = [v for v in seeds if v.size]
     if not seeds:
