@@ -10,7 +10,17 @@ arrays are `tfds.features.Tensor`s, which encode and decode with numpy alone.
 TFDS prepares into `<data_dir>/<name>/<config>/incomplete.<random>_<version>`
 and renames it only after every split is written and the metadata saved, so a
 build that fails leaves no data set behind that could later be read as
-complete; `load_builder` also removes the directories it left empty.
+complete; `load_builder` also removes the directories it left empty. Builds
+of one data set config take turns on a lock file in its folder; a build
+killed outright leaves its `incomplete.*` folder, which the next
+`load_builder` of that config removes once no build holds the lock (builds
+by other tools, which take no lock, cannot be told apart).
+
+Opening a data set checks it cheaply (`DataSetError`, one line naming the
+file and how to rebuild it): metadata (`dataset_info.json`) that does not
+parse or lists no splits, and shards whose record count (read from each
+array_record file's footer) differs from the metadata's, as after a
+truncated copy or a full disk.
 
 While building, each split reports its examples generated of the total
 (`hpunet_jax.runtime.progress`: count, rate, ETA) in place of TFDS's bars,
@@ -22,6 +32,7 @@ import functools
 import importlib
 import os
 import pathlib
+import shutil
 import time
 from typing import Callable, Iterator, Optional
 
@@ -30,13 +41,62 @@ import tensorflow_datasets as tfds
 
 from hpunet_jax.runtime import progress
 from hpunet_jax.runtime import quiet_logs
+from hpunet_jax.runtime import workdir_lock
 
 _DATASETS_DIR = pathlib.Path(__file__).resolve().parent
 FILE_FORMAT = 'array_record'
+# TFDS's prefix of a build's temporary folder.
+INCOMPLETE_PREFIX = 'incomplete.'
+BUILD_LOCK_FILE = '.build.lock'
 
 
 class UnknownDatasetError(ValueError):
   """No builder module `datasets/<name>/<name>_dataset_builder.py`."""
+
+
+class DataSetError(ValueError):
+  """A built data set is damaged (the message names the file and how to
+  rebuild it)."""
+
+
+def _rebuild_hint(folder) -> str:
+  return (f'delete {folder} and run again: the data set is rebuilt on first '
+          'use (a real data set from config.data.manual_dir).')
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return type(error).__name__ + (f': {lines[0]}' if lines else '')
+
+
+def _version_dir(cls, name: str, data_dir, config: Optional[str]
+                 ) -> pathlib.Path:
+  """`<data_dir>/<name>/<config>/<version>`, where `cls` keeps a build."""
+  root = pathlib.Path(os.fspath(data_dir) if data_dir is not None
+                      else tfds.core.constants.DATA_DIR).expanduser()
+  if config is None:
+    config = cls.DEFAULT_BUILDER_CONFIG_NAME or (
+        cls.BUILDER_CONFIGS[0].name if cls.BUILDER_CONFIGS else None)
+  folder = root / name / config if config else root / name
+  return folder / str(cls.VERSION)
+
+
+def _new_builder(name: str, data_dir, config: Optional[str]
+                 ) -> tfds.core.DatasetBuilder:
+  """The builder; a built data set's unreadable metadata is a
+  DataSetError."""
+  cls = builder_class(name)
+  try:
+    return cls(config=config,
+               data_dir=None if data_dir is None else os.fspath(data_dir),
+               file_format=FILE_FORMAT)
+  except Exception as e:  # pylint: disable=broad-except
+    folder = _version_dir(cls, name, data_dir, config)
+    info = folder / 'dataset_info.json'
+    if not info.exists():
+      raise
+    raise DataSetError(f'{info} cannot be read ({_first_line(e)}); '
+                       f'{_rebuild_hint(folder)}') from None
 
 
 def available_datasets() -> list[str]:
@@ -74,20 +134,63 @@ def load_builder(name: str,
   Returns:
     The builder, writing/reading array_record.
   """
-  builder = builder_class(name)(
-      config=config, data_dir=None if data_dir is None else os.fspath(data_dir),
-      file_format=FILE_FORMAT)
-  if prepare and not _is_prepared(builder):
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-    try:
-      with _reported_build(builder, name):
-        builder.download_and_prepare(download_config=download_config)
-    except BaseException:
-      _remove_empty_dirs(pathlib.Path(builder.data_dir),
-                         stop_at=pathlib.Path(builder.data_dir_root))
-      raise
+  builder = _new_builder(name, data_dir, config)
+  config_dir = pathlib.Path(builder.data_dir).parent
+  if _is_prepared(builder) or not prepare:
+    with _remove_leftovers(config_dir, wait=False):
+      return builder
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=None if manual_dir is None else os.fspath(manual_dir))
+  try:
+    # Another process building this config: wait, then use its build.
+    with _remove_leftovers(config_dir, wait=True):
+      builder = _new_builder(name, data_dir, config)
+      if not _is_prepared(builder):
+        with _reported_build(builder, name):
+          builder.download_and_prepare(download_config=download_config)
+  except BaseException:
+    _remove_empty_dirs(pathlib.Path(builder.data_dir),
+                       stop_at=pathlib.Path(builder.data_dir_root))
+    raise
   return builder
+
+
+def _leftovers(config_dir: pathlib.Path) -> list[pathlib.Path]:
+  if not config_dir.is_dir():
+    return []
+  return sorted(p for p in config_dir.iterdir()
+                if p.name.startswith(INCOMPLETE_PREFIX) and p.is_dir())
+
+
+@contextlib.contextmanager
+def _remove_leftovers(config_dir: pathlib.Path, wait: bool):
+  """Holds the build lock of `config_dir` (waiting for it with `wait`,
+  else only if free) and removes the `incomplete.*` folders of builds that
+  are gone; without the lock they are only named in a warning."""
+  leftovers = _leftovers(config_dir)
+  if not wait and not leftovers:
+    yield
+    return
+  lock = workdir_lock.SettingsLock(config_dir / BUILD_LOCK_FILE,
+                                   f'building {config_dir}')
+  try:
+    locked = lock.acquire(wait=wait)
+    unknown = lock.unsupported
+  except OSError:  # Read-only: whether a build runs cannot be known.
+    locked, unknown = False, True
+  try:
+    leftovers = _leftovers(config_dir)
+    names = ', '.join(str(p) for p in leftovers)
+    if leftovers and locked:
+      for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+      logging.warning('Removed %s, left by an interrupted build.', names)
+    elif leftovers and unknown:
+      logging.warning('%s: left by an interrupted build unless one is '
+                      'running; delete them once none is.', names)
+    yield  # (Not locked and not unknown: a live build holds the lock.)
+  finally:
+    lock.release()
 
 
 def split_total(builder: tfds.core.DatasetBuilder,
@@ -180,10 +283,43 @@ def data_source(name: str,
     A `tfds` `ArrayRecordDataSource`: `len(source)`, `source[i]` -> dict.
   """
   builder = load_builder(name, data_dir, config, manual_dir)
+  if not builder.info.splits:
+    raise DataSetError(
+        f'{pathlib.Path(builder.data_dir, "dataset_info.json")} lists no '
+        f'splits; {_rebuild_hint(builder.data_dir)}')
   if split not in builder.info.splits:
     raise ValueError(f'{name}: no split {split!r}; available: '
                      f'{list(builder.info.splits)}')
+  check_shards(builder, split)
   return builder.as_data_source(split)
+
+
+def check_shards(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  """Raises DataSetError unless every array_record shard of `split` holds
+  the records the metadata lists (each file's footer is read, no record)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  info = builder.info.splits[split]
+  for path, expected in zip(info.filepaths, info.shard_lengths):
+    path = pathlib.Path(os.fspath(path))
+    if not path.exists():
+      raise DataSetError(f'{path} is missing; '
+                         f'{_rebuild_hint(builder.data_dir)}')
+    try:
+      reader = array_record_module.ArrayRecordReader(str(path))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataSetError(f'{path} cannot be opened ({_first_line(e)}); '
+                         f'{_rebuild_hint(builder.data_dir)}') from None
+    found = reader.num_records() if reader.ok() else None
+    try:
+      reader.close()
+    except RuntimeError:  # A reader that failed raises its status again.
+      pass
+    if found != expected:
+      held = ('its footer cannot be read' if found is None else
+              f'it holds {found} of the {expected} records its '
+              'dataset_info.json lists')
+      raise DataSetError(f'{path} is truncated or damaged: {held}; '
+                         f'{_rebuild_hint(builder.data_dir)}')
 
 
 def main(argv=None):

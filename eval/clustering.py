@@ -2,7 +2,8 @@
 
 `hamming_cluster` is the greedy Hamming-distance clustering of Algorithm 1,
 `remove_small_clusters` the post-processing of Appx. H, and
-`cluster_instances` runs both, as the evaluator does.
+`cluster_instances` runs both, as the evaluator does, with the threshold of
+`threshold_for_samples`.
 
 Each pixel is described by its n sampled class labels. The Hamming distance
 between the concatenated one-hot vectors (length n * C) of two pixels is
@@ -60,6 +61,32 @@ def pixel_label_vectors(samples):
   return sorted_vectors[is_new], group_of_pixel, group_sizes
 
 
+def threshold_for_samples(alpha, num_samples):
+  """The Hamming threshold used to cluster `num_samples` samples.
+
+  The paper sets alpha to the number of clustered samples (alpha = 16 for
+  n = 16 on SNEMI3D, 32 for n = 32 on Cityscapes, Appx. C;
+  docs/paper_notes.md#23-instance-clustering): a pixel joins a prototype
+  when at most half of its samples differ. A configured `alpha` is the
+  threshold for that many samples; with fewer samples it is lowered to n,
+  because with alpha >= 2n every pixel lies within alpha of the background
+  prototype and the whole image becomes one background cluster (and above
+  n, more than half of the samples may differ).
+
+  Args:
+    alpha: the configured threshold (`config.eval.cluster_alpha`), >= 0.
+    num_samples: n, the samples clustered (>= 1).
+
+  Returns:
+    `min(alpha, n)`.
+  """
+  if int(num_samples) != num_samples or num_samples < 1:
+    raise ValueError(f'the clustering needs >= 1 samples, got {num_samples}.')
+  if alpha < 0:
+    raise ValueError(f'alpha must be >= 0, got {alpha}.')
+  return min(int(alpha), int(num_samples))
+
+
 def hamming_cluster(samples, num_classes, alpha, background=0, rng=None):
   """Greedy Hamming-distance clustering (paper Algorithm 1).
 
@@ -80,7 +107,8 @@ def hamming_cluster(samples, num_classes, alpha, background=0, rng=None):
     num_classes: number of classes C (labels lie in [0, C)).
     alpha: Hamming threshold on the length n * C one-hot vectors (the paper
       uses 16 for n = 16, 32 for n = 32, i.e. up to alpha / 2 samples may
-      differ).
+      differ); below 2n, since at 2n or more every pixel joins the
+      background cluster (`threshold_for_samples` gives the paper's).
     background: the background class label.
     rng: `np.random.Generator`, int seed, or None (fresh OS entropy, not
       reproducible).
@@ -90,10 +118,16 @@ def hamming_cluster(samples, num_classes, alpha, background=0, rng=None):
     1, 2, ... the others in the order they were created.
   """
   samples = _check_samples(samples, num_classes, background)
+  n, height, width = samples.shape
   if alpha < 0:
     raise ValueError(f'alpha must be >= 0, got {alpha}.')
+  if alpha >= 2 * n:
+    raise ValueError(
+        f'alpha = {alpha} with {n} samples puts every pixel into the '
+        f'background cluster (at most {n} samples can differ, alpha allows '
+        f'{int(alpha) // 2}); use alpha < {2 * n}, e.g. '
+        f'threshold_for_samples(alpha, {n}) = {min(int(alpha), n)}.')
   rng = np.random.default_rng(rng)
-  n, height, width = samples.shape
   # 2 * differing samples <= alpha  <=>  differing samples <= floor(alpha / 2).
   max_differing = int(np.floor(alpha / 2))
   vectors, group_of_pixel, group_sizes = pixel_label_vectors(samples)
@@ -266,7 +300,8 @@ def cluster_instances(samples, num_classes, alpha, background=0,
   Args:
     samples: int `[n, H, W]` class labels (argmax of each sample).
     num_classes: number of classes C.
-    alpha: Hamming threshold (see `hamming_cluster`).
+    alpha: the configured Hamming threshold; the clustering uses
+      `threshold_for_samples(alpha, n)`, i.e. at most n.
     background: the background class label; its cluster gets id 0.
     erosion_size: odd erosion size n of Appx. H (paper: 5).
     box_size: odd majority box size m of Appx. H (paper: 11).
@@ -276,7 +311,9 @@ def cluster_instances(samples, num_classes, alpha, background=0,
   Returns:
     int32 `[H, W]` instance ids, 0 = background.
   """
-  clusters = hamming_cluster(samples, num_classes, alpha,
+  samples = _check_samples(samples, num_classes, background)
+  clusters = hamming_cluster(samples, num_classes,
+                             threshold_for_samples(alpha, len(samples)),
                              background=background, rng=rng)
   return remove_small_clusters(clusters, erosion_size=erosion_size,
                                box_size=box_size, background=0,

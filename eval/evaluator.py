@@ -36,6 +36,7 @@ the ETA (`hpunet_jax.runtime.progress`; the first, compiling batch apart).
 `evaluate` writes into the evaluation's own folder (`eval.outputs`).
 """
 import functools
+import itertools
 import math
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
@@ -48,7 +49,9 @@ import numpy as np
 from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
+from eval import clustering
 from eval import outputs
+from eval import sample_memory
 from eval import task_scores
 from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import progress
@@ -71,6 +74,36 @@ def check_masking_supported(task: str) -> None:
     raise ValueError(f'config.masking: the extrapolation evaluation is '
                      f'defined for {INSTANCE_TASKS}, not {task!r}; set '
                      'config.eval.num_samples = 0 to train without it.')
+
+
+def clustering_threshold(task: str, cluster_alpha: int,
+                         num_samples: int) -> Optional[int]:
+  """The Hamming threshold the instance clustering of `task` uses with
+  `num_samples` samples per image (None for the lesion tasks): instance
+  tasks cluster the first `task_scores.FEW_SAMPLES`, Cityscapes all, and
+  `clustering.threshold_for_samples` lowers `cluster_alpha` to that count."""
+  if task in LESION_TASKS:
+    return None
+  clustered = (num_samples if task == CITYSCAPES
+               else min(num_samples, task_scores.FEW_SAMPLES))
+  return clustering.threshold_for_samples(cluster_alpha, clustered)
+
+
+class EvalSettingsError(ValueError):
+  """An evaluation setting is out of range (raised before any sampling)."""
+
+
+def check_counts(num_samples: int, num_examples: Optional[int]) -> None:
+  """Samples per image >= 1; images None (the whole split) or >= 1."""
+  if isinstance(num_samples, bool) or int(num_samples) != num_samples or (
+      num_samples < 1):
+    raise EvalSettingsError(f'num_samples must be a positive integer, got '
+                            f'{num_samples!r}.')
+  if num_examples is not None and (int(num_examples) != num_examples
+                                   or num_examples < 1):
+    raise EvalSettingsError(
+        f'config.eval.num_examples must be None (the whole split) or a '
+        f'positive integer, got {num_examples!r}.')
 
 
 class EvalResult(NamedTuple):
@@ -170,7 +203,8 @@ class Evaluator:
 
   Config keys read (`config.eval`): `batch_size`, `num_samples` (largest
   sample count), `num_resamples` (bootstrap), `num_examples` (None = the
-  whole split), `num_figure_examples`, `cluster_alpha`,
+  whole split), `num_figure_examples`, `cluster_alpha` (lowered to the
+  number of clustered samples, `clustering_threshold`),
   `cluster_no_neighbour`, and for lesions `few_samples`,
   `hm_iou_convention`, `ged_self_pairs`, `ece_convention` (see
   `lesion_protocol`); and `config.data.num_instance_ids` /
@@ -228,10 +262,33 @@ class Evaluator:
     """Evaluates `params` on `split`; `num_samples` overrides the config."""
     eval_config = self.config.eval
     num_samples = num_samples or eval_config.num_samples
+    check_counts(num_samples, eval_config.num_examples)
+    alpha = clustering_threshold(self.task, eval_config.cluster_alpha,
+                                 num_samples)
+    if alpha is not None and alpha != eval_config.cluster_alpha:
+      logging.info('Clustering %d samples: Hamming threshold %d (the '
+                   'number of clustered samples) instead of '
+                   'config.eval.cluster_alpha = %d.', alpha, alpha,
+                   eval_config.cluster_alpha)
     examples = pipeline.eval_examples(self.config.data, split,
                                       limit=eval_config.num_examples)
     num_images = pipeline.num_eval_examples(self.config.data, split,
                                             limit=eval_config.num_examples)
+    first = next(examples, None)
+    if first is None:
+      raise EvalSettingsError(f'Split {split!r} of {self.task} has no '
+                              'examples.')
+    # Before compiling or sampling: N samples of a batch must fit.
+    batch_size = min(eval_config.batch_size, num_images)
+    image_hw = np.shape(first['image'])[:2]
+    batch = jax.ShapeDtypeStruct(  # With masking: + visible labels.
+        (batch_size,) + image_hw + (self.config.model.num_input_channels,),
+        jnp.float32)
+    sample_memory.budget(
+        sample_memory.sampled_bytes_per_sample(
+            self._sample, params, jax.random.PRNGKey(0), batch),
+        batch_size, image_hw, self.task in LESION_TASKS).check(num_samples)
+    examples = itertools.chain([first], examples)
     # The first batch compiles the sampler: left out of the rate and ETA.
     report = progress.Progress(
         f'evaluating {self.task}:{split}', total=num_images, unit='images',
@@ -290,11 +347,11 @@ class Evaluator:
           figures.append(arrays)
         report.update()  # Per image: scoring (e.g. clustering) is counted.
     report.close()
-    if not per_image:
-      raise ValueError(f'Split {split!r} of {self.task} has no examples.')
     summary = _summarise(per_image, eval_config.num_resamples, rng_seed)
     summary['num_images'] = len(next(iter(per_image.values())))
     summary['num_samples'] = num_samples
+    if alpha is not None:
+      summary['cluster_alpha'] = alpha
     if self.task in LESION_TASKS:
       summary['protocol'] = dict(
           self.protocol._asdict(), num_samples=num_samples,
@@ -345,7 +402,8 @@ def evaluate(config, params, model, split: str, num_samples: int,
              existing: str = 'error') -> Dict[str, Any]:
   """Runs the evaluator, prints the table and, with a `workdir`, writes
   metrics.json, per_image.npz and the figures into
-  `outputs.results_dir(workdir, split, step=step, ...)`.
+  `outputs.results_dir(workdir, split, step=step, ...)` (evaluations with
+  the same settings take turns: `outputs.evaluation_lock`).
 
   Args:
     config: the run's config (`config.eval` as in `Evaluator`).
@@ -370,14 +428,27 @@ def evaluate(config, params, model, split: str, num_samples: int,
   if existing not in ('error', 'overwrite', 'keep'):
     raise ValueError(f"existing must be 'error', 'overwrite' or 'keep', got "
                      f'{existing!r}.')
-  out_dir = None
-  if workdir:
-    if step is None:
-      raise ValueError('evaluate: pass the checkpoint `step` with a workdir.')
-    out_dir = outputs.results_dir(workdir, split, step=step,
-                                  num_samples=num_samples,
-                                  num_examples=config.eval.num_examples,
-                                  protocol=outputs.protocol_tag(config.eval))
+  check_counts(num_samples, config.eval.num_examples)
+  if not workdir:
+    return _evaluate(config, params, model, split, num_samples, None, step,
+                     existing, None)
+  if step is None:
+    raise ValueError('evaluate: pass the checkpoint `step` with a workdir.')
+  out_dir = outputs.results_dir(
+      workdir, split, step=step, num_samples=num_samples,
+      num_examples=outputs.evaluated_images(config, split),
+      protocol=outputs.protocol_tag(config.eval))
+  # Another evaluation with these settings: wait for it, then find its folder.
+  with outputs.evaluation_lock(out_dir):
+    return _evaluate(config, params, model, split, num_samples, workdir,
+                     step, existing, out_dir)
+
+
+def _evaluate(config, params, model, split: str, num_samples: int,
+              workdir: Optional[str], step: Optional[int], existing: str,
+              out_dir: Optional[str]) -> Dict[str, Any]:
+  """`evaluate` into `out_dir` (None = print only)."""
+  if out_dir:
     if existing == 'keep' and outputs.is_complete(out_dir):
       logging.info('Step %d is already evaluated with these settings in %s '
                    '(delete the folder to evaluate again).', step, out_dir)

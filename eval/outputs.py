@@ -10,16 +10,24 @@ so `eval.run_metrics` with other settings, or of another checkpoint, never
 touches an earlier result. The trainer's final evaluation is the folder of
 its last step and its config's `eval` settings (`final_results_dir`).
 
+`images<M>` names the images evaluated: a `num_examples` that covers the
+whole split is `imagesall` (`images_named`).
+
 A folder is written under a temporary name and renamed when complete, so a
 folder with the final name is always a whole evaluation (an interrupted one
-leaves only `.<name>.incomplete-<pid>`, removed on the next write).
+leaves only `.<name>.incomplete-<host>-<pid>`, removed by the next write
+once that process is gone). Evaluations with the same settings take turns
+(`evaluation_lock`): the second waits, then finds the first's folder.
 """
 import json
 import os
 import shutil
+import socket
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+
+from hpunet_jax.runtime import workdir_lock
 
 EVAL_DIR = 'eval'
 METRICS_FILE = 'metrics.json'
@@ -55,10 +63,22 @@ def protocol_tag(eval_config) -> str:
 
 def settings_name(step: int, num_samples: int,
                   num_examples: Optional[int], protocol: str = '') -> str:
-  """`step1000_samples100_images200`; `images_all` for the whole split;
+  """`step1000_samples100_images200`; `imagesall` for the whole split;
   `protocol` (from `protocol_tag`) appended."""
   images = 'all' if num_examples is None else str(int(num_examples))
   return f'step{int(step)}_samples{int(num_samples)}_images{images}{protocol}'
+
+
+def images_named(num_examples: Optional[int],
+                 split_size: int) -> Optional[int]:
+  """The image count a folder names: None (`imagesall`) when
+  `num_examples` is None or covers the split's `split_size` images."""
+  if num_examples is not None and int(num_examples) < 1:
+    raise ValueError(f'num_examples must be None (the whole split) or >= 1, '
+                     f'got {num_examples}.')
+  if num_examples is None or int(num_examples) >= split_size:
+    return None
+  return int(num_examples)
 
 
 def results_dir(workdir: str, split: str, *, step: int, num_samples: int,
@@ -68,14 +88,34 @@ def results_dir(workdir: str, split: str, *, step: int, num_samples: int,
                       settings_name(step, num_samples, num_examples, protocol))
 
 
+def evaluated_images(config, split: str) -> Optional[int]:
+  """`images_named` for `config.eval.num_examples` on `split` of
+  `config.data` (reads the split's size only when a count is set)."""
+  num_examples = config.eval.num_examples
+  if num_examples is None:
+    return None
+  from datasets import pipeline  # pylint: disable=g-import-not-at-top
+  return images_named(num_examples,
+                      pipeline.num_eval_examples(config.data, split))
+
+
 def final_results_dir(workdir: str, config) -> str:
   """The folder the trainer's final evaluation writes (and the study reads):
   step `config.num_train_steps`, `config.eval`'s split, samples, images."""
   return results_dir(workdir, config.eval.split,
                      step=config.num_train_steps,
                      num_samples=config.eval.num_samples,
-                     num_examples=config.eval.num_examples,
+                     num_examples=evaluated_images(config, config.eval.split),
                      protocol=protocol_tag(config.eval))
+
+
+def evaluation_lock(out_dir: str) -> workdir_lock.SettingsLock:
+  """The lock evaluations into `out_dir` take turns on (a context manager;
+  the lock file sits next to the folder and goes on release)."""
+  parent, name = os.path.split(os.path.abspath(out_dir))
+  return workdir_lock.SettingsLock(
+      os.path.join(parent, f'.{name}.lock'),
+      f'an evaluation with the same settings into {out_dir}')
 
 
 def is_complete(out_dir: str) -> bool:
@@ -99,6 +139,16 @@ def load_metrics(out_dir: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def _writer_alive(suffix: str) -> bool:
+  """Whether the writer named by a temporary folder's `<host>-<pid>`
+  suffix (or `<pid>`, this host) may still be writing it."""
+  host, _, pid = suffix.rpartition('-')
+  try:
+    return workdir_lock.process_alive(host or None, int(pid))
+  except ValueError:  # Not a name this module writes: leave it.
+    return True
+
+
 def write_results(out_dir: str, metrics: Dict[str, Any],
                   per_image: Dict[str, np.ndarray],
                   write_figures: Callable[[str], List[str]],
@@ -119,10 +169,14 @@ def write_results(out_dir: str, metrics: Dict[str, Any],
   check_writable(out_dir, overwrite)
   parent, name = os.path.split(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
-  for stale in os.listdir(parent):  # Left by an interrupted evaluation.
-    if stale.startswith(f'.{name}.incomplete-'):
-      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-  tmp_dir = os.path.join(parent, f'.{name}.incomplete-{os.getpid()}')
+  prefix = f'.{name}.incomplete-'
+  for leftover in os.listdir(parent):  # Of an interrupted evaluation.
+    if leftover.startswith(prefix) and not _writer_alive(
+        leftover[len(prefix):]):
+      shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+  tmp_dir = os.path.join(parent,
+                         f'{prefix}{socket.gethostname()}-{os.getpid()}')
+  shutil.rmtree(tmp_dir, ignore_errors=True)  # A dead process of our pid's.
   os.makedirs(tmp_dir)
   try:
     with open(os.path.join(tmp_dir, METRICS_FILE), 'w') as f:

@@ -26,8 +26,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from datasets import tfds_utils
 from eval import evaluator
 from eval import outputs
+from eval import sample_memory
 import hpunet_jax
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import quiet_logs
@@ -67,9 +69,23 @@ _ECE_CONVENTION = flags.DEFINE_enum(
     'classes\' ECEs per image); default config.eval.ece_convention.')
 
 
+def _check_count_flags() -> None:
+  """Counts are checked before the checkpoint is restored."""
+  if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value < 1:
+    sys.exit(f'run_metrics: --num_samples={_NUM_SAMPLES.value}: the number '
+             'of samples per image must be >= 1.')
+  if _NUM_EXAMPLES.value is not None and _NUM_EXAMPLES.value < 0:
+    sys.exit(f'run_metrics: --num_examples={_NUM_EXAMPLES.value}: the '
+             'number of images must be >= 1, or 0 for the whole split.')
+  if _FEW_SAMPLES.value is not None and _FEW_SAMPLES.value < 1:
+    sys.exit(f'run_metrics: --few_samples={_FEW_SAMPLES.value}: must be '
+             '>= 1.')
+
+
 def main(argv):
   del argv
   quiet_logs.quiet_libraries()
+  _check_count_flags()
   try:
     run = hpunet_jax.load(_WORKDIR.value, config=_CONFIG.value)
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
@@ -91,14 +107,19 @@ def main(argv):
     if flag.value is not None:
       config.eval[name] = flag.value  # Adds it to configs saved before.
   split = _SPLIT.value or config.eval.split
+  num_samples = _NUM_SAMPLES.value or config.eval.num_samples
+  if not num_samples:
+    sys.exit(f'run_metrics: config.eval.num_samples of {_WORKDIR.value} is '
+             f'{num_samples!r} (no evaluation); pass --num_samples=N.')
   print(f'Evaluating checkpoint step {run.step} of {_WORKDIR.value} on '
         f'{config.data.name}:{split}.', flush=True)
   try:
-    evaluator.evaluate(config, run.params, run.model, split,
-                       _NUM_SAMPLES.value or config.eval.num_samples,
+    evaluator.evaluate(config, run.params, run.model, split, num_samples,
                        workdir=_WORKDIR.value, step=run.step,
                        existing='overwrite' if _OVERWRITE.value else 'error')
-  except outputs.ResultsExistError as e:
+  except (outputs.ResultsExistError, evaluator.EvalSettingsError,
+          sample_memory.SampleMemoryError, tfds_utils.DataSetError) as e:
+    # Refused before any work: one line, no traceback.
     sys.exit(f'run_metrics: {e}')
 
 

@@ -1,8 +1,11 @@
 """Config checks before heavy work: values, image size, overrides, drift.
 
 * `validate_values`: settings that would run to completion and mean nothing
-  (no checkpoint kept, negative kappa, a GECO decay outside [0, 1),
-  non-positive learning rates, a non-positive gradient-clipping norm).
+  or fail only after the data is read (no checkpoint kept, NaN or infinity
+  anywhere, negative kappa, a GECO decay outside [0, 1), non-positive or
+  non-numeric learning rates, fractions outside their ranges, augmentation
+  and masking ranges, evaluation counts, a non-positive gradient-clipping
+  norm); the trainer runs it before it writes anything.
 * `check_image_size`: the model's `image_size` must fit inside the stored
   images (a larger crop trains on padding).
 * `unknown_override`: a `--config.a.b=...` naming no key, as one line with
@@ -33,6 +36,79 @@ class ConfigDriftError(checkpointing.CheckpointError):
   """A resumed run's config changes what the checkpoint was trained for."""
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite(config) -> None:
+  """No NaN or infinity in any setting (none has a use for one)."""
+  for key, value in run_record.flatten(run_record.to_dict(config)).items():
+    for item in value if isinstance(value, list) else [value]:
+      if isinstance(item, float) and not math.isfinite(item):
+        raise ConfigError(f'config.{key} must be finite, got {value!r}.')
+
+
+def _check_in(key: str, value, low: float, high: float, *,
+              low_open: bool = False, high_open: bool = False) -> None:
+  """`value` a number in [low, high], ends open where asked."""
+  if not _is_number(value) or not (
+      (low < value if low_open else low <= value) and
+      (value < high if high_open else value <= high)):
+    interval = (f'{"(" if low_open else "["}{low}, {high}'
+                f'{")" if high_open else "]"}')
+    raise ConfigError(f'config.{key} must be a number in {interval}, got '
+                      f'{value!r}.')
+
+
+def _check_learning_rates(optimizer) -> None:
+  rates = tuple(optimizer.learning_rates)
+  if not rates or any(not _is_number(r) or not r > 0 for r in rates):
+    raise ConfigError(
+        f'config.optimizer.learning_rates must be finite numbers > 0 (e.g. '
+        f'--config.optimizer.learning_rates="(1e-4, 5e-5)"), got {rates}.')
+  boundaries = tuple(optimizer.boundaries)
+  if len(rates) != len(boundaries) + 1:
+    raise ConfigError(
+        f'config.optimizer.learning_rates needs len(boundaries) + 1 = '
+        f'{len(boundaries) + 1} rates for boundaries {boundaries}, got '
+        f'{rates}.')
+  for name in ('b1', 'b2'):
+    if name in optimizer:
+      _check_in(f'optimizer.{name}', optimizer[name], 0, 1, high_open=True)
+  if 'eps' in optimizer:
+    _check_in('optimizer.eps', optimizer.eps, 0, math.inf, low_open=True)
+
+
+def _check_augment(augment) -> None:
+  for name in ('rotation_degrees', 'shear', 'elastic_alpha'):
+    if name in augment:
+      _check_in(f'augment.{name}', augment[name], 0, math.inf)
+  if 'elastic_sigma' in augment:
+    _check_in('augment.elastic_sigma', augment.elastic_sigma, 0, math.inf,
+              low_open=True)
+  scale = tuple(augment.get('scale_range', (1.0, 1.0)))
+  if len(scale) != 2 or not all(_is_number(v) for v in scale) or not (
+      0 < scale[0] <= scale[1]):
+    raise ConfigError(f'config.augment.scale_range must be (low, high) with '
+                      f'0 < low <= high, got {scale}.')
+
+
+def _check_eval(eval_config) -> None:
+  """Counts of `config.eval` (those set)."""
+  minimum = dict(num_samples=0, batch_size=1, num_resamples=1,
+                 num_figure_examples=0, cluster_alpha=0, few_samples=1)
+  for name, low in minimum.items():
+    value = eval_config.get(name, low)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(f'config.eval.{name} must be an integer >= {low}, '
+                        f'got {value!r}.')
+  examples = eval_config.get('num_examples', None)
+  if examples is not None and (isinstance(examples, bool) or
+                               not isinstance(examples, int) or examples < 1):
+    raise ConfigError(f'config.eval.num_examples must be None (the whole '
+                      f'split) or an integer >= 1, got {examples!r}.')
+
+
 def validate_values(config) -> None:
   """Raises ConfigError naming the key for out-of-range settings."""
   if int(config.checkpoints_to_keep) < 1:
@@ -52,11 +128,21 @@ def validate_values(config) -> None:
                        f'{loss.geco_rate}.')
   elif float(loss.beta) < 0:
     raise ConfigError(f'config.loss.beta must be >= 0, got {loss.beta}.')
-  rates = tuple(config.optimizer.learning_rates)
-  if not rates or any(not float(r) > 0 for r in rates):
-    raise ConfigError(f'config.optimizer.learning_rates must all be > 0, got '
-                     f'{rates}.')
+  # 0 = every pixel (the ELBO's), else the kept fraction of the pixels.
+  _check_in('loss.top_k_fraction', loss.get('top_k_fraction', 0.0), 0, 1)
+  _check_in('loss.weight_decay', loss.get('weight_decay', 0.0), 0, math.inf)
+  _check_learning_rates(config.optimizer)
   check_clip_global_norm(config.optimizer.get('clip_global_norm', None))
+  if config.get('augment', None) is not None:
+    _check_augment(config.augment)
+  masking = config.get('masking', None)
+  if masking:
+    _check_in('masking.min_fraction', masking.min_fraction, 0, 1)
+    _check_in('masking.max_fraction', masking.max_fraction,
+              masking.min_fraction, 1)
+  if config.get('eval', None) is not None:
+    _check_eval(config.eval)
+  check_finite(config)  # After the checks with more to say.
 
 
 def check_clip_global_norm(value: Optional[float]) -> None:

@@ -40,6 +40,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from datasets import tfds_utils
 from experiments import config_checks
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
@@ -105,10 +106,11 @@ def main(argv):
     train_lib.train_and_evaluate(config, _WORKDIR.value,
                                  _ACCEPT_CHANGES.value)
   except (workdir_lock.WorkdirError, checkpointing.CheckpointError,
-          config_checks.ConfigError, train_lib.NonFiniteLossError) as e:
+          config_checks.ConfigError, tfds_utils.DataSetError,
+          train_lib.NonFiniteLossError) as e:
     # Expected refusals (another trainer, a file as workdir, damaged or
-    # drifted checkpoints, out-of-range settings) and the NaN stop: one
-    # line, no traceback.
+    # drifted checkpoints, out-of-range settings, a damaged data set) and
+    # the NaN stop: one line, no traceback.
     sys.exit(f'train: {e}')
 
 

@@ -212,3 +212,60 @@ def test_cluster_instances_removes_speckle():
   assert np.unique(clusters).size > 5  # The speckle forms its own clusters.
   result = clustering.cluster_instances(samples, 6, alpha=16, rng=0)
   assert_same_partition(result, instances)
+
+
+def test_threshold_follows_the_number_of_clustered_samples():
+  # The paper's alpha = n (16 for 16 samples, 32 for 32); fewer samples
+  # lower a configured alpha to n, more keep it.
+  assert clustering.threshold_for_samples(16, 16) == 16
+  assert clustering.threshold_for_samples(32, 32) == 32
+  assert clustering.threshold_for_samples(16, 4) == 4
+  assert clustering.threshold_for_samples(16, 32) == 16
+  with pytest.raises(ValueError, match='>= 1 samples, got 0'):
+    clustering.threshold_for_samples(16, 0)
+  with pytest.raises(ValueError, match='alpha must be >= 0'):
+    clustering.threshold_for_samples(-1, 4)
+
+
+def test_alpha_that_makes_everything_background_is_refused():
+  samples, instances = planted_samples(np.random.default_rng(0),
+                                       num_samples=4, noisy_per_pixel=0)
+  with pytest.raises(ValueError, match=r'alpha = 8 with 4 samples puts every '
+                     r'pixel into the background cluster'):
+    clustering.hamming_cluster(samples, 6, alpha=8, rng=0)
+  assert_same_partition(
+      clustering.hamming_cluster(samples, 6, alpha=7, rng=0), instances)
+
+
+@pytest.mark.parametrize('num_samples', [1, 4, 8])
+def test_cluster_instances_with_fewer_samples_than_alpha(num_samples):
+  # alpha = 16 configured for 16 samples: with 8 or fewer, every pixel would
+  # lie within 16 of the background prototype (one cluster, Rand error 1).
+  samples, instances = planted_samples(
+      np.random.default_rng(0), num_samples=num_samples, noisy_per_pixel=0)
+  result = clustering.cluster_instances(samples, 6, alpha=16, rng=0)
+  assert_same_partition(result, instances)
+
+
+def test_evaluator_clusters_with_the_threshold_of_its_sample_count():
+  # One rule for run_metrics, the trainer's evaluation and the study.
+  from eval import evaluator  # pylint: disable=g-import-not-at-top
+  from eval import task_scores  # pylint: disable=g-import-not-at-top
+  threshold = evaluator.clustering_threshold
+  assert threshold('synthetic_cells', 16, 4) == 4
+  assert threshold('snemi3d', 16, 100) == 16  # 16 of them are clustered.
+  assert threshold('cityscapes_cars', 32, 32) == 32
+  assert threshold('cityscapes_cars', 32, 8) == 8
+  assert threshold('synthetic_lesions', 16, 4) is None
+  # score_instances with 4 consistent samples and the config's alpha = 16.
+  instances = np.zeros((16, 16), np.int32)
+  instances[:, :7], instances[:, 9:] = 1, 2
+  samples = np.stack([np.where(instances == 1, 1 + s % 3,
+                               np.where(instances == 2, 4, 0))
+                      for s in range(4)])
+  values, _, arrays = task_scores.score_instances(
+      {'image': np.zeros((16, 16, 1), np.float32), 'instances': instances},
+      samples, lambda image, seg: np.asarray(seg), np.random.default_rng(0),
+      num_instance_ids=4, cluster_alpha=16, cluster_no_neighbour='keep')
+  assert values['rand_error'] == 0.0
+  assert len(np.unique(arrays['clusters'])) == 3

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from eval import outputs
+from experiments import synthetic_cells
 from experiments import synthetic_lesions
 from experiments import train_lib
 
@@ -141,3 +143,82 @@ def test_results_folders_are_named_by_settings_and_written_whole(tmp_path):
   outputs.write_results(out, {'iou_rec': 0.3}, {'iou_rec': np.zeros(2)},
                         figures, overwrite=True)
   assert outputs.load_metrics(out) == {'iou_rec': 0.3}
+
+
+def test_same_settings_at_once_take_turns_and_counts_are_checked(tmp_path):
+  config = synthetic_cells.get_config('tiny')
+  config.num_train_steps = 2
+  config.data.data_dir = str(tmp_path / 'tfds')
+  workdir = tmp_path / 'run'
+  train_lib.train_and_evaluate(config, str(workdir))
+  # config.eval.num_samples is 0 in the tiny config: no count to use.
+  zero = _run_metrics(f'--workdir={workdir}', timeout=300)
+  assert zero.returncode == 1 and 'Traceback' not in zero.stderr
+  assert zero.stderr.strip().splitlines()[-1] == (
+      f'run_metrics: config.eval.num_samples of {workdir} is 0 (no '
+      'evaluation); pass --num_samples=N.')
+  huge = _run_metrics(f'--workdir={workdir}', '--num_samples=1000000000',
+                      timeout=300)
+  assert huge.returncode == 1 and 'Traceback' not in huge.stderr
+  last = huge.stderr.strip().splitlines()[-1]
+  assert last.startswith('run_metrics: 1000000000 samples per image need at '
+                         'least ') and 'samples per image fit.' in last, last
+  assert 'compiling' not in huge.stderr  # Refused before sampling.
+  # Two identical evaluations at once: the second waits for the first,
+  # then replaces it (--overwrite); neither crashes. 200 images of a split
+  # of 8: the folder says the whole split was evaluated.
+  args = (f'--workdir={workdir}', '--num_samples=4', '--num_examples=200',
+          '--overwrite')
+  runs = [subprocess.Popen([sys.executable, '-m', 'eval.run_metrics', *args],
+                           cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+          for _ in range(2)]
+  results = [run.communicate(timeout=600) for run in runs]
+  for run, (_, stderr) in zip(runs, results):
+    assert run.returncode == 0 and 'Traceback' not in stderr, stderr[-3000:]
+  assert any('to finish an evaluation with the same settings into '
+             f'{workdir}/eval/test/step2_samples4_imagesall' in stderr
+             for _, stderr in results)
+  out = workdir / 'eval' / 'test' / 'step2_samples4_imagesall'
+  assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+  summary = json.loads((out / 'metrics.json').read_text())
+  assert summary['num_images'] == 8
+  # The clustering threshold follows the 4 samples (16 would make every
+  # pixel background, Rand error 1 on every image).
+  assert summary['cluster_alpha'] == 4
+
+
+def test_a_live_writers_folder_is_kept_a_dead_ones_removed(tmp_path):
+  out = outputs.results_dir(str(tmp_path), 'test', step=1, num_samples=2,
+                            num_examples=None)
+  parent, name = os.path.split(out)
+  os.makedirs(parent)
+  sleeper = subprocess.Popen([sys.executable, '-c',
+                              'import time; time.sleep(120)'])
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  host = socket.gethostname()
+  live_dir = os.path.join(parent, f'.{name}.incomplete-{host}-{sleeper.pid}')
+  other_host = os.path.join(parent, f'.{name}.incomplete-elsewhere-1')
+  dead_dirs = [os.path.join(parent, f'.{name}.incomplete-{host}-{dead.pid}'),
+               os.path.join(parent, f'.{name}.incomplete-{dead.pid}')]
+  try:
+    for folder in [live_dir, other_host] + dead_dirs:
+      os.makedirs(folder)
+    outputs.write_results(out, {'iou_rec': 0.5}, {'iou_rec': np.ones(2)},
+                          lambda folder: [], overwrite=False)
+    assert os.path.isdir(live_dir) and os.path.isdir(other_host)
+    assert not any(os.path.exists(d) for d in dead_dirs)
+    assert outputs.load_metrics(out) == {'iou_rec': 0.5}
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_folder_names_the_images_evaluated():
+  assert outputs.images_named(None, 8) is None
+  assert outputs.images_named(200, 8) is None  # The whole split.
+  assert outputs.images_named(8, 8) is None
+  assert outputs.images_named(3, 8) == 3
+  with pytest.raises(ValueError, match='got -3'):
+    outputs.images_named(-3, 8)

@@ -186,10 +186,9 @@ def make_config(task: str, variant: str, seed: int,
     config.checkpoint_every_steps = min(config.checkpoint_every_steps,
                                         options.steps)
   if options.num_samples is not None:
+    # The clustering's threshold follows the sample count in the evaluator
+    # (eval.clustering.threshold_for_samples).
     config.eval.num_samples = options.num_samples
-    # The Hamming threshold equals the number of clustered samples (at most
-    # 16 are clustered), as the paper's 16 for 16 and 32 for 32 (Appx. H).
-    config.eval.cluster_alpha = min(options.num_samples, 16)
   if options.num_eval_images is not None:
     config.eval.num_examples = options.num_eval_images
   if not config.eval.num_samples:

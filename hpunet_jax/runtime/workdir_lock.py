@@ -11,6 +11,12 @@ to delete if that run is dead.
 
 The file stays after a clean exit, emptied, so that two runs starting at once
 never lock two different files of the same name.
+
+`SettingsLock` serialises shorter jobs on one output (an evaluation folder,
+a data set build): the second waits for the first, and the lock file is
+removed on release (a waiter that locked a removed file tries again).
+`process_alive` tells whether a (host, pid) that left a temporary folder may
+still be writing it.
 """
 import errno
 import fcntl
@@ -43,6 +49,8 @@ def _holder_text(holder: Optional[dict]) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+  if pid <= 0:  # 0 and negative pids name process groups: not a process.
+    return False
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -50,6 +58,14 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:  # Exists, owned by someone else.
     return True
   return True
+
+
+def process_alive(host: Optional[str], pid: int) -> bool:
+  """Whether process `pid` of `host` (None = this host) may still run: a
+  process on another host cannot be checked and counts as alive."""
+  if host is not None and host != socket.gethostname():
+    return True
+  return _pid_alive(pid)
 
 
 class WorkdirLock:
@@ -137,6 +153,87 @@ class WorkdirLock:
     self._fd = None
 
   def __enter__(self) -> 'WorkdirLock':
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+class SettingsLock:
+  """An exclusive `flock` on `path` held while one job writes an output.
+
+  `acquire(wait=True)` waits (logging once who holds it) for another
+  process holding it; `acquire(wait=False)` returns False instead. Both
+  return False where the file system offers no `flock` (`unsupported` is
+  then set): callers go on unlocked and must not rely on it. Release
+  removes the file, so no lock files are left behind.
+  """
+
+  def __init__(self, path: str, what: str):
+    """`what` completes 'waiting for pid N to finish ...', e.g. 'an
+    evaluation with the same settings'."""
+    self.path = os.fspath(path)
+    self.what = what
+    self.unsupported = False
+    self._fd = None
+
+  def _read_holder(self) -> Optional[dict]:
+    try:
+      with open(self.path) as f:
+        text = f.read()
+      return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+      return None
+
+  def acquire(self, wait: bool = True) -> bool:
+    os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          os.close(fd)
+          self.unsupported = True
+          return False
+        if not wait:
+          os.close(fd)
+          return False
+        logging.warning('Waiting for %s to finish %s (lock file %s).',
+                        _holder_text(self._read_holder()), self.what,
+                        self.path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      # The holder removes the file on release: a file we opened before
+      # that is no longer the lock; open the current one.
+      try:
+        current = os.stat(self.path)
+        locked = os.fstat(fd)
+        same = (current.st_ino, current.st_dev) == (locked.st_ino,
+                                                      locked.st_dev)
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    holder = dict(host=socket.gethostname(), pid=os.getpid(),
+                  started=time.time())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+    self._fd = fd
+    return True
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    try:
+      os.remove(self.path)  # Still ours: removed before unlocking.
+    except OSError:
+      pass
+    os.close(self._fd)  # Closing drops the flock.
+    self._fd = None
+
+  def __enter__(self) -> 'SettingsLock':
     self.acquire()
     return self
 
