@@ -101,10 +101,10 @@ def geco_equilibrium(history: Sequence[Mapping[str, float]], last_step: int,
     window_steps, constraint_band, max_log_lambda_drift: `config.convergence`.
   """
   window = _window(history, last_step - window_steps, last_step)
-  if len(window) < 2:
+  if last_step < window_steps or len(window) < 2:
     return Convergence(False, 'geco_equilibrium', {},
-                       f'not judged: {len(window)} logged step(s) in the last '
-                       f'{window_steps} steps')
+                       f'not judged: {last_step} steps, {len(window)} logged '
+                       f'in the window of the last {window_steps}')
   constraint = sum(r['constraint_per_pixel'] for r in window) / len(window)
   drift = math.log(window[-1]['lambda']) - math.log(window[0]['lambda'])
   band = constraint_band * kappa
@@ -132,7 +132,7 @@ def loss_plateau(history: Sequence[Mapping[str, float]], last_step: int,
   last = _window(history, last_step - window_steps, last_step)
   before = _window(history, last_step - 2 * window_steps,
                    last_step - window_steps)
-  if len(last) < 2 or len(before) < 2:
+  if last_step < 2 * window_steps or len(last) < 2 or len(before) < 2:
     return Convergence(False, 'loss_plateau', {},
                        f'not judged: fewer than 2 logged steps in each of the '
                        f'last two windows of {window_steps} steps')

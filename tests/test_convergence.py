@@ -60,6 +60,12 @@ def test_too_few_logged_steps_are_not_judged_converged():
   history = _geco_history([0.0] * 2, [1.0] * 2, every=300)  # 300, 600.
   verdict = convergence.assess(_config(), history)
   assert not verdict.converged and verdict.reason.startswith('not judged')
+  # A run shorter than the window, however often it logged.
+  history = _geco_history([0.0] * 20, [1.0] * 20, every=10)  # 10..200.
+  verdict = convergence.assess(_config(steps=200), history)
+  assert not verdict.converged
+  assert verdict.reason == ('not judged: 200 steps, 20 logged in the window '
+                            'of the last 300')
 
 
 def test_elbo_plateau():

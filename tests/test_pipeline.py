@@ -198,7 +198,9 @@ def test_cityscapes_segmentation_assigns_one_class_per_car():
 
 def test_lidc_eval_crop_and_resize():
   record = {
-      'image': np.arange(180 * 180, dtype=np.uint32).reshape(180, 180, 1) % 251,
+      # uint8, as the builder stores the PNG crops.
+      'image': (np.arange(180 * 180).reshape(180, 180, 1) % 251).astype(
+          np.uint8),
       'graders': np.zeros((4, 180, 180), np.uint8),
       'subset_b': np.bool_(True), 'patient_id': b'LIDC-0001',
   }

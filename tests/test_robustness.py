@@ -235,8 +235,12 @@ def test_finished_record_and_metrics_name_step_and_config(tiny_run, data_dir,
                                                           tmp_path):
   workdir = tiny_run[0]
   config = _lesions_config(data_dir)
-  assert run_record.read_finished(str(workdir)) == {
+  record = run_record.read_finished(str(workdir))
+  assert {k: record[k] for k in ('step', 'config_hash')} == {
       'step': 4, 'config_hash': run_record.config_hash(config)}
+  # A 4-step run is shorter than the convergence window: not judged.
+  assert record['converged'] is False
+  assert record['convergence']['reason'].startswith('not judged')
   # A run resumed past its end loses the record until it completes.
   run_record.clear_finished(str(tmp_path))
   assert run_record.read_finished(str(tmp_path)) is None
