@@ -33,12 +33,11 @@ index, its visible labels fed to the prior, and scored by
 
 The loop reports images done of the total, images and samples per second and
 the ETA (`hpunet_jax.runtime.progress`; the first, compiling batch apart).
-`evaluate` writes into the evaluation's own folder (`eval.outputs`).
+`eval.evaluation.evaluate` runs it for one checkpoint, prints the table and
+writes the evaluation's own folder (`eval.outputs`).
 """
 import functools
 import itertools
-import math
-import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 from absl import logging
@@ -50,10 +49,8 @@ from datasets import masking
 from datasets import pipeline
 from eval import bootstrap
 from eval import clustering
-from eval import outputs
 from eval import sample_memory
 from eval import task_scores
-from hpunet_jax.runtime import run_record
 from hpunet_jax.runtime import progress
 from hpunet_jax.runtime import xla_options
 from hpunet_jax import models
@@ -364,111 +361,3 @@ class Evaluator:
                                      rng_seed)
     return EvalResult(summary, {k: np.asarray(v, np.float64)
                                 for k, v in per_image.items()}, figures)
-
-
-def format_table(summary: Dict[str, Any], line_width: int = 120) -> str:
-  """A readable table: one row for the model, one for the oracle; metrics
-  that do not fit `line_width` characters continue in further blocks."""
-  rows = [('model', summary)]
-  if 'oracle' in summary:
-    rows.append(('oracle', summary['oracle']))
-  # The model's metrics, then the oracle's that the model lacks (undefined
-  # on every image, e.g. a coherence where no sample has two lesions).
-  names = []
-  for _, values in rows:
-    names += [k for k in values if not k.endswith('_std') and k not in names
-              and isinstance(values[k], float)]
-  # At least one space between columns, however long the metric names.
-  width = max([18] + [len(n) + 1 for n in names])
-  per_block = max(1, (line_width - 8) // width)
-  blocks = []
-  for start in range(0, max(len(names), 1), per_block):
-    block = names[start:start + per_block]
-    lines = [f"{'':8s}" + ''.join(f'{n:>{width}s}' for n in block)]
-    for label, values in rows:
-      cells = []
-      for n in block:
-        if n in values and not math.isnan(values[n]):
-          cells.append(f"{values[n]:9.4f} ±{values.get(n + '_std', 0):7.4f}")
-        else:
-          cells.append('-')
-      lines.append(f'{label:8s}' + ''.join(f'{c:>{width}s}' for c in cells))
-    blocks.append('\n'.join(lines))
-  return '\n\n'.join(blocks)
-
-
-def evaluate(config, params, model, split: str, num_samples: int,
-             workdir: Optional[str] = None, *, step: Optional[int] = None,
-             existing: str = 'error') -> Dict[str, Any]:
-  """Runs the evaluator, prints the table and, with a `workdir`, writes
-  metrics.json, per_image.npz and the figures into
-  `outputs.results_dir(workdir, split, step=step, ...)` (evaluations with
-  the same settings take turns: `outputs.evaluation_lock`).
-
-  Args:
-    config: the run's config (`config.eval` as in `Evaluator`).
-    params: the model parameters.
-    model: the `hpunet_jax.models.Model`.
-    split: split to evaluate.
-    num_samples: largest sample count per image.
-    workdir: the training run's folder; None = print only.
-    step: the checkpoint step evaluated (names the folder; needed with a
-      workdir).
-    existing: what to do when the folder exists: 'error' (raise
-      `outputs.ResultsExistError` before any work), 'overwrite', or 'keep'
-      (log it and return the stored metrics without evaluating).
-
-  metrics.json also records where the parameters came from:
-  `checkpoint_step` (the given step) and `config_hash`
-  (`run_record.config_hash` of `config`).
-
-  Returns:
-    The summary dict (the content of metrics.json).
-  """
-  if existing not in ('error', 'overwrite', 'keep'):
-    raise ValueError(f"existing must be 'error', 'overwrite' or 'keep', got "
-                     f'{existing!r}.')
-  check_counts(num_samples, config.eval.num_examples)
-  if not workdir:
-    return _evaluate(config, params, model, split, num_samples, None, step,
-                     existing, None)
-  if step is None:
-    raise ValueError('evaluate: pass the checkpoint `step` with a workdir.')
-  out_dir = outputs.results_dir(
-      workdir, split, step=step, num_samples=num_samples,
-      num_examples=outputs.evaluated_images(config, split),
-      protocol=outputs.protocol_tag(config.eval))
-  # Another evaluation with these settings: wait for it, then find its folder.
-  with outputs.evaluation_lock(out_dir):
-    return _evaluate(config, params, model, split, num_samples, workdir,
-                     step, existing, out_dir)
-
-
-def _evaluate(config, params, model, split: str, num_samples: int,
-              workdir: Optional[str], step: Optional[int], existing: str,
-              out_dir: Optional[str]) -> Dict[str, Any]:
-  """`evaluate` into `out_dir` (None = print only)."""
-  if out_dir:
-    if existing == 'keep' and outputs.is_complete(out_dir):
-      logging.info('Step %d is already evaluated with these settings in %s '
-                   '(delete the folder to evaluate again).', step, out_dir)
-      return outputs.load_metrics(out_dir)
-    outputs.check_writable(out_dir, overwrite=existing != 'error')
-  result = Evaluator(config, model).run(params, split, num_samples,
-                                        rng_seed=config.seed)
-  print(f'{config.data.name}:{split}, {result.metrics["num_images"]} images, '
-        f'{num_samples} samples per image (mean ± bootstrap std):')
-  print(format_table(result.metrics))
-  result.metrics.update(checkpoint_step=step,
-                        config_hash=run_record.config_hash(config))
-  if out_dir:
-    from eval import figures  # pylint: disable=g-import-not-at-top
-    paths = outputs.write_results(
-        out_dir, result.metrics, result.per_image,
-        lambda folder: figures.write_figures(folder, config, params, model,
-                                             result, workdir),
-        overwrite=existing != 'error')
-    names = ', '.join(os.path.basename(p) for p in paths) or 'none'
-    print(f'Wrote {out_dir}/: metrics.json, per_image.npz and figures '
-          f'{names}.', flush=True)
-  return result.metrics

@@ -1,6 +1,6 @@
 """Evaluation figures (paper Fig. 2, 3 / 15, 4, 7 / 8) as PNG files.
 
-`write_figures` is called by `eval.evaluator.evaluate` with the arrays the
+`write_figures` is called by `eval.evaluation.evaluate` with the arrays the
 evaluator kept for its first few images (`EvalResult.examples`):
 
 - `samples.png` (lesion tasks, Fig. 2): per image the graders, their

@@ -27,6 +27,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from datasets import tfds_utils
+from eval import evaluation
 from eval import evaluator
 from eval import outputs
 from eval import sample_memory
@@ -114,9 +115,9 @@ def main(argv):
   print(f'Evaluating checkpoint step {run.step} of {_WORKDIR.value} on '
         f'{config.data.name}:{split}.', flush=True)
   try:
-    evaluator.evaluate(config, run.params, run.model, split, num_samples,
-                       workdir=_WORKDIR.value, step=run.step,
-                       existing='overwrite' if _OVERWRITE.value else 'error')
+    evaluation.evaluate(config, run.params, run.model, split, num_samples,
+                        workdir=_WORKDIR.value, step=run.step,
+                        existing='overwrite' if _OVERWRITE.value else 'error')
   except (outputs.ResultsExistError, evaluator.EvalSettingsError,
           sample_memory.SampleMemoryError, tfds_utils.DataSetError) as e:
     # Refused before any work: one line, no traceback.

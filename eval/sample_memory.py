@@ -124,9 +124,14 @@ class Budget:
 
 def sampled_bytes_per_sample(sample_fn, *args) -> int:
   """Bytes per sample of what `sample_fn(*args, num_samples)` returns,
-  from its shapes at 1 and 2 samples (traced, not run)."""
+  from its shapes at 1 and 2 samples (traced, not run).
+
+  `sample_fn` is a `jax.jit` function with `num_samples` static; its own
+  `eval_shape` traces it as the top-level jit (wrapping it in another
+  function would make it a nested jit, which may not carry compile options).
+  """
   def total(num_samples):
-    shapes = jax.eval_shape(lambda *a: sample_fn(*a, num_samples), *args)
+    shapes = sample_fn.eval_shape(*args, num_samples)
     return sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
   return total(2) - total(1)
 

@@ -373,11 +373,11 @@ def final_evaluation(config: ml_collections.ConfigDict, params: Any,
   params = jax.device_get(params)  # Every process holds a full replica.
   if jax.process_index() != 0:
     return None
-  from eval import evaluator  # pylint: disable=g-import-not-at-top
+  from eval import evaluation  # pylint: disable=g-import-not-at-top
   # Into `eval.outputs.final_results_dir`; a rerun of a finished run keeps it.
-  summary = evaluator.evaluate(config, params, model, config.eval.split,
-                               config.eval.num_samples, workdir=workdir,
-                               step=config.num_train_steps, existing='keep')
+  summary = evaluation.evaluate(config, params, model, config.eval.split,
+                                config.eval.num_samples, workdir=workdir,
+                                step=config.num_train_steps, existing='keep')
   logging.info('Evaluation on %s with %d samples: %s', config.eval.split,
                config.eval.num_samples, summary)
   return summary

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -14,6 +15,7 @@ from datasets import pipeline
 from datasets import tfds_utils
 from eval import sample_memory
 from hpunet_jax.runtime import workdir_lock
+from hpunet_jax.runtime import xla_options
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CELLS = 'experiments/synthetic_cells.py:tiny'
@@ -237,7 +239,10 @@ def test_bytes_per_sample_come_from_the_sampler_shapes():
     probs = jnp.zeros((num_samples,) + images.shape[:3] + (2,), jnp.float32)
     return labels, probs, jnp.mean(probs, axis=0)
   images = jnp.zeros((3, 5, 7, 1))
-  assert sample_memory.sampled_bytes_per_sample(sampler, images) == (
+  # Jitted with compile options, as the evaluator's sampler is.
+  jitted = jax.jit(sampler, static_argnums=1,
+                   **xla_options.jit_kwargs(eigen_conv=True))
+  assert sample_memory.sampled_bytes_per_sample(jitted, images) == (
       3 * 5 * 7 * (4 + 2 * 4))
 
 

@@ -1,13 +1,16 @@
 """The evaluator's plumbing: sampling reduction, per-task scores, summary."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from eval import evaluation
 from eval import evaluator
 from eval import field_metrics
 from eval import task_scores
 from hpunet_jax import models
+from hpunet_jax.runtime import run_record
 from tests.test_model import TINY_HPUNET
 
 
@@ -130,7 +133,7 @@ def test_instance_scores_with_perfect_samples():
 
 
 def test_format_table_has_model_and_oracle_rows():
-  table = evaluator.format_table({
+  table = evaluation.format_table({
       'iou_rec': 0.9, 'iou_rec_std': 0.01, 'num_images': 3,
       'oracle': {'exact_ged': 0.1, 'exact_ged_std': 0.02}})
   assert 'model' in table and 'oracle' in table and 'iou_rec' in table
@@ -161,3 +164,21 @@ def test_tiny_evaluation_reports_counts_rate_and_eta(tmp_path, caplog,
   assert 'images/s' in lines[2] and 'samples/s' in lines[2], lines
   assert lines[-1].startswith(
       'evaluating synthetic_lesions:validation: done, 3/3 images'), lines
+
+
+def test_metrics_carry_the_runs_convergence_for_its_last_step(tmp_path):
+  config = ml_collections.ConfigDict({'a': 1})
+  verdict = {'converged': False, 'rule': 'geco_equilibrium',
+             'values': {'spikes': 2},
+             'reason': 'constraint -0.2 per pixel outside +-0.05'}
+  run_record.write_finished(str(tmp_path), 1500, config, verdict)
+  assert evaluation.training_convergence(str(tmp_path), 1500) == {
+      'converged': False, 'convergence': verdict}
+  # Another checkpoint, no workdir, or an unfinished run: no verdict.
+  none = {'converged': None, 'convergence': None}
+  assert evaluation.training_convergence(str(tmp_path), 1000) == none
+  assert evaluation.training_convergence(None, 1500) == none
+  assert evaluation.training_convergence(str(tmp_path / 'x'), 1500) == none
+  assert evaluation.convergence_line(verdict) == (
+      'Training ended NOT converged (geco_equilibrium: constraint -0.2 per '
+      'pixel outside +-0.05; 2 reconstruction-loss spikes).')

@@ -7,7 +7,7 @@ import pytest
 from datasets.synthetic_lesions import generator
 from datasets.synthetic_lesions import generator_v2
 from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
-from eval import evaluator
+from eval import evaluation
 from eval import lesion_styles
 from eval import task_scores
 
@@ -223,7 +223,7 @@ def test_summary_table_wraps_into_readable_blocks():
     summary[name], summary[name + '_std'] = 0.1 * i, 0.01
   summary['oracle'] = {'style_coherence': 1.0, 'style_coherence_std': 0.0}
   del summary['style_coherence'], summary['style_coherence_std']  # All nan.
-  table = evaluator.format_table(summary)
+  table = evaluation.format_table(summary)
   lines = table.split('\n')
   assert max(len(line) for line in lines) <= 120
   blocks = table.split('\n\n')

@@ -10,7 +10,7 @@ from datasets.synthetic_lesions import generator
 from datasets.synthetic_lesions import generator_v2
 from datasets.synthetic_lesions import synthetic_lesions_dataset_builder
 from eval import bootstrap
-from eval import evaluator
+from eval import evaluation
 from eval import outputs
 import hpunet_jax
 from experiments.study import analysis as study_analysis
@@ -332,9 +332,9 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
   monkeypatch.undo()
   run = hpunet_jax.load(run_dir)  # What run_metrics does.
   assert run.step == 1
-  evaluator.evaluate(run.config, run.params, run.model, 'test',
-                     config.eval.num_samples, workdir=run_dir,
-                     step=run.step)
+  evaluation.evaluate(run.config, run.params, run.model, 'test',
+                      config.eval.num_samples, workdir=run_dir,
+                      step=run.step)
   # Its own folder (named by step 1); the study must still not count it.
   assert study_runs.is_evaluated(outputs.results_dir(
       run_dir, 'test', step=1, num_samples=config.eval.num_samples,

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from datasets import pipeline
 from datasets import tfds_utils
+from eval import outputs
 from hpunet_jax.runtime import checkpointing
 from experiments import cityscapes
 from experiments import lidc
@@ -283,9 +285,13 @@ def test_every_task_trains(task, tmp_path, monkeypatch):
   records = metric_writers.read_metrics(str(tmp_path / 'run'))
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in records)
+  # Named by what was evaluated: 'imagesall' where 2 cover the split.
+  eval_dir = outputs.final_results_dir(str(tmp_path / 'run'), config)
+  covered = pipeline.num_eval_examples(config.data, 'test') <= 2
+  assert os.path.basename(eval_dir) == (
+      'step2_samples4_' + ('imagesall' if covered else 'images2'))
   summary = json.loads(
-      (tmp_path / 'run' / 'eval' / 'test' / 'step2_samples4_images2' /
-       'metrics.json').read_text())
+      (pathlib.Path(eval_dir) / 'metrics.json').read_text())
   expected = {'lesions_spunet': {'iou_rec', 'ged_4', 'hm_iou', 'exact_ged',
                                  'oracle'},
               'lidc': {'iou_rec', 'ged_4', 'hm_iou'},
