@@ -68,6 +68,17 @@ def process_alive(host: Optional[str], pid: int) -> bool:
   return _pid_alive(pid)
 
 
+def read_holder(path: str) -> Optional[dict]:
+  """The holder a lock file names (host, pid, start), or None when the file
+  is missing, empty or unreadable."""
+  try:
+    with open(path) as f:
+      text = f.read()
+    return json.loads(text) if text.strip() else None
+  except (OSError, ValueError):
+    return None
+
+
 class WorkdirLock:
   """Context manager holding `<workdir>/trainer.lock` while a run trains.
 
@@ -80,12 +91,7 @@ class WorkdirLock:
     self._fd = None
 
   def _read_holder(self) -> Optional[dict]:
-    try:
-      with open(self.path) as f:
-        text = f.read()
-      return json.loads(text) if text.strip() else None
-    except (OSError, ValueError):
-      return None
+    return read_holder(self.path)
 
   def _locked_error(self, holder: Optional[dict], extra: str = ''
                     ) -> WorkdirLockedError:
@@ -179,12 +185,7 @@ class SettingsLock:
     self._fd = None
 
   def _read_holder(self) -> Optional[dict]:
-    try:
-      with open(self.path) as f:
-        text = f.read()
-      return json.loads(text) if text.strip() else None
-    except (OSError, ValueError):
-      return None
+    return read_holder(self.path)
 
   def acquire(self, wait: bool = True) -> bool:
     os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
