@@ -97,13 +97,19 @@ def test_bfloat16_trains_with_float32_state_and_close_losses():
                              rtol=0.1)
 
 
-def test_bfloat16_reconstruction_is_close_to_float32():
+def _float32_and_bfloat16_models():
+  """The tiny LIDC model, its bfloat16 wrapper, parameters and a batch."""
   config = _config()
   model = models.make_model(config.model_type, config.model.to_dict())
   batch = common.synthetic_batch(config)
   params = model.init(jax.random.PRNGKey(0), batch['image'],
                       batch['segmentation'])
   model16 = precision.mixed_precision_model(model, 'bfloat16')
+  return model, model16, params, batch
+
+
+def test_bfloat16_reconstruction_is_close_to_float32():
+  model, model16, params, batch = _float32_and_bfloat16_models()
   logits32 = jax.jit(model.reconstruct)(params, batch['image'],
                                         batch['segmentation'])
   logits16 = jax.jit(model16.reconstruct)(params, batch['image'],
@@ -114,12 +120,7 @@ def test_bfloat16_reconstruction_is_close_to_float32():
 
 
 def test_bfloat16_sample_applies_per_sample_to_float32_logits():
-  config = _config()
-  model = models.make_model(config.model_type, config.model.to_dict())
-  batch = common.synthetic_batch(config)
-  params = model.init(jax.random.PRNGKey(0), batch['image'],
-                      batch['segmentation'])
-  model16 = precision.mixed_precision_model(model, 'bfloat16')
+  _, model16, params, batch = _float32_and_bfloat16_models()
   rng, image = jax.random.PRNGKey(1), batch['image'][:1]
   logits = model16.sample(params, rng, image, 3)
   seen = []
