@@ -307,3 +307,12 @@ def test_count_non_finite_counts_floating_values_only():
           'b': (jnp.arange(3), jnp.full((2, 2), jnp.inf, jnp.bfloat16))}
   assert int(jax.jit(train_step.count_non_finite)(tree)) == 6
   assert int(train_step.count_non_finite({'i': jnp.arange(2)})) == 0
+
+
+def test_an_unset_falling_rate_keeps_earlier_configs_hash():
+  config = synthetic_lesions.get_config('tiny')
+  config.loss.geco_multiplier_rate_down = None  # The rule as before.
+  without = run_record.to_dict(config)
+  del without['loss']['geco_multiplier_rate_down']  # A config saved before.
+  assert run_record.config_hash(config) == run_record.config_hash(without)
+  assert config_checks.config_changes(without, config) == []

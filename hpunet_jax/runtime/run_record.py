@@ -35,7 +35,8 @@ RESUME_SAFE_KEYS = (
 # Keys configs gained after runs were recorded, with the value that trains as
 # those runs did: at that value a key counts as absent, so the runs' config
 # hashes stay valid and they resume without a drift error.
-ADDED_KEYS = {'optimizer.clip_global_norm': None}
+ADDED_KEYS = {'optimizer.clip_global_norm': None,
+              'loss.geco_multiplier_rate_down': None}
 
 
 def to_dict(config: Any) -> Dict[str, Any]:
