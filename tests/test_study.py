@@ -175,8 +175,8 @@ def test_make_config_scales_the_learning_rate_drop_and_validates():
   config = study_options.make_config(study_options.LESIONS, 'no_topk', 2,
                                      options)
   assert config.num_train_steps == 5000 and config.seed == 2
-  # The config's drop at the same fraction of the run (1200 of 1500 steps).
-  assert tuple(config.optimizer.boundaries) == (4000,)
+  # The config's drop at the same fraction of the run (1400 of 2500 steps).
+  assert tuple(config.optimizer.boundaries) == (2800,)
   assert config.loss.top_k_fraction == 0.0
   with pytest.raises(ValueError, match='Unknown lesion_variants'):
     study_options.StudyOptions(workdir='w',
