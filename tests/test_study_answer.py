@@ -54,7 +54,7 @@ def test_one_grading_repeated_by_hand():
   assert style_probs[1] == pytest.approx(0.5)
   assert scores['style_frac_1'] == 1.0 and scores['style_frac_0'] == 0.0
   # TV = (|1 - .5| + .25 + .25) / 2.
-  assert scores['style_tv'] == pytest.approx(0.5)
+  assert scores['sample_style_tv'] == pytest.approx(0.5)
   assert scores['presence_mae'] == pytest.approx(np.mean(1 - p))
   assert scores['presence_bias'] == pytest.approx(np.mean(1 - p))
   assert scores['frac_empty'] == 0.0
@@ -88,7 +88,7 @@ def test_empty_samples():
   params = _v2_params()
   scores = _scores(np.zeros((5, 64, 64), bool), params)
   assert scores['frac_empty'] == 1.0 and scores['mode_iou'] == 1.0
-  assert np.isnan(scores['style_tv']) and np.isnan(scores['style_frac_0'])
+  assert np.isnan(scores['sample_style_tv']) and np.isnan(scores['style_frac_0'])
   assert scores['presence_bias'] == pytest.approx(-np.mean(params.probs))
 
 

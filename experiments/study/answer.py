@@ -12,8 +12,10 @@ replaced by that grading's exact mask ("snapped"). Per test image:
   probabilities alone explain (0 for a perfect sampler of the answer);
 * `mode_iou`: mean IoU of a sample with its snapped grading (1 when every
   sample is a true grading pixel for pixel);
-* `style_tv`: total-variation distance of the decoded styles' histogram
-  (samples with a lesion) from the true style probabilities;
+* `sample_style_tv`: total-variation distance of the decoded styles'
+  histogram (one style per sample with a lesion) from the true style
+  probabilities (the evaluation's `style_tv` pools every present lesion's
+  style instead, `eval/lesion_styles.py`);
   `style_frac_<s>` that histogram (`s` indexes `style_scales`: v2 erode /
   keep / dilate);
 * `presence_mae`, `presence_bias`: mean |rate - p| and mean (rate - p) of
@@ -86,7 +88,7 @@ def answer_scores(samples: np.ndarray, params, modes: np.ndarray,
           snapped, None, modes, mode_probs),
       'mode_iou': float(np.mean([metrics.iou(s, g)
                                  for s, g in zip(samples, snapped)])),
-      'style_tv': float(0.5 * np.sum(np.abs(hist - style_probs))),
+      'sample_style_tv': float(0.5 * np.sum(np.abs(hist - style_probs))),
       'presence_mae': float(np.mean(np.abs(rates - lesion_probs))),
       'presence_bias': float(np.mean(rates - lesion_probs)),
       'frac_empty': float(np.mean(styles < 0)),
@@ -152,7 +154,8 @@ def answer_section(options: StudyOptions) -> Dict[str, Any]:
             presence_threshold=options.presence_threshold)
       stored = study_runs.cached_run_arrays(
           options, LESIONS, variant, seed,
-          f'answer_{options.per_level_images}_t{options.presence_threshold}'
+          # 'answer2': `sample_style_tv` (was `style_tv` in 'answer_').
+          f'answer2_{options.per_level_images}_t{options.presence_threshold}'
           '.npz', options.per_level_images, compute)
       per_seed.append({k: v for k, v in stored.items() if '.' not in k})
       oracle.append({k.split('.', 1)[1]: v for k, v in stored.items()
@@ -168,8 +171,9 @@ def answer_section(options: StudyOptions) -> Dict[str, Any]:
   return out
 
 
-ANSWER_COLUMNS = ('exact_ged', 'exact_ged_snapped', 'mode_iou', 'style_tv',
-                  'presence_mae', 'presence_bias', 'frac_empty')
+ANSWER_COLUMNS = ('exact_ged', 'exact_ged_snapped', 'mode_iou',
+                  'sample_style_tv', 'presence_mae', 'presence_bias',
+                  'frac_empty')
 
 
 def format_answer(section: Mapping[str, Any],
