@@ -18,6 +18,7 @@ from experiments.study import options as study_options
 from experiments.study import runs as study_runs
 from experiments.study import synthetic as study_synthetic
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import run_record
 
 
@@ -166,6 +167,7 @@ def test_pool_runs_keeps_the_spread_over_seeds():
   assert entry['seed_std']['iou_rec'] == pytest.approx(0.3 / math.sqrt(2))
   assert entry['iou_rec'] == pytest.approx(0.65, abs=0.1)
   assert entry['num_seeds'] == 2 and entry['wall_time_s'] == 30.0
+  assert entry['cpus_per_seed'] == [None, None]  # Not recorded.
   single = study_runs.pool_runs(runs[:1], config, options)
   assert single['seed_std'] == {'iou_rec': None}
 
@@ -234,6 +236,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert entry['num_seeds'] == 1 and entry['num_train_steps'] == 3
     assert entry['num_images'] == 2 and entry['num_samples'] == 4
     assert entry['wall_time_s'] > 0
+    # The CPU each seed trained on, with its vector features.
+    (cpus,) = entry['cpus_per_seed']
+    assert cpus == [machine.cpu_model() + ''.join(
+        f' {f}' for f in machine.cpu_vector_features())]
   # The criteria need GED^2 at 100 samples and the ablations, which this
   # study did not compute or run.
   assert lesions['verdicts'] == {'not_decided': "the results lack 'ged_100'"}

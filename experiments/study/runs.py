@@ -23,6 +23,7 @@ from experiments import train_lib
 from experiments.study.options import (TASK_DIRS, StudyOptions,
                                        StudySettingsError, make_config,
                                        seeds_of)
+from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import run_record
 
 # Keys that may differ between the invocations of one study.
@@ -134,17 +135,20 @@ def train_or_load(config: ml_collections.ConfigDict,
     _check_same_config(config, run_dir)  # Also before resuming a run.
   trained = completeness_problem(config, run_dir) is not None
   if trained:
-    previous = 0.0
+    timing = {'wall_time_s': 0.0, 'machines': []}
     if os.path.exists(timing_path):
       with open(timing_path) as f:
-        previous = json.load(f)['wall_time_s']
+        timing.update(json.load(f))
     start = time.time()
     try:
       train_lib.train_and_evaluate(config, run_dir)
     finally:
-      # Also after an interruption, so a resumed run's time adds up.
+      # Also after an interruption, so a resumed run's time adds up; a run
+      # resumed in another session may have trained on another CPU.
+      timing['wall_time_s'] += time.time() - start
+      timing['machines'].append(machine.machine_info())
       with open(timing_path, 'w') as f:
-        json.dump({'wall_time_s': previous + time.time() - start}, f)
+        json.dump(timing, f)
     problem = completeness_problem(config, run_dir)
     if problem:
       raise RunIncompleteError(f'{run_dir} is not complete ({problem}); '
@@ -153,12 +157,18 @@ def train_or_load(config: ml_collections.ConfigDict,
   # None for a run finished before convergence was recorded: never counted
   # as converged.
   converged = (run_record.read_finished(run_dir) or {}).get('converged')
-  wall_time = None  # Unknown for a run trained outside the study.
+  # Unknown for a run trained outside the study; machines for a run timed
+  # before they were recorded.
+  timing = {'wall_time_s': None}
   if os.path.exists(timing_path):
     with open(timing_path) as f:
-      wall_time = json.load(f)['wall_time_s']
-  return dict(metrics=metrics, per_image=per_image, wall_time_s=wall_time,
-              trained=trained, run_dir=run_dir, converged=converged)
+      timing.update(json.load(f))
+  cpus = sorted({m['cpu_model'] + ''.join(
+      f' {f}' for f in m.get('cpu_vector_features', ()))
+                 for m in timing.get('machines', ())})
+  return dict(metrics=metrics, per_image=per_image,
+              wall_time_s=timing['wall_time_s'], trained=trained,
+              run_dir=run_dir, converged=converged, cpus=cpus or None)
 
 
 def run_dir_of(options: StudyOptions, task: str, variant: str,
@@ -219,7 +229,9 @@ def pool_runs(runs: List[Dict[str, Any]], config: ml_collections.ConfigDict,
       batch_size=config.batch_size,
       num_images=runs[0]['metrics']['num_images'],
       num_samples=runs[0]['metrics']['num_samples'],
-      wall_time_s_per_seed=[r['wall_time_s'] for r in runs])
+      wall_time_s_per_seed=[r['wall_time_s'] for r in runs],
+      # The CPUs each seed trained on (None: not recorded).
+      cpus_per_seed=[r.get('cpus') for r in runs])
   known = [t for t in entry['wall_time_s_per_seed'] if t is not None]
   # The sum over seeds; None when no seed's time is known.
   entry['wall_time_s'] = float(sum(known)) if known else None
