@@ -24,6 +24,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 
+from hpunet_jax import objective
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import run_record
 
@@ -126,6 +127,10 @@ def validate_values(config) -> None:
     if float(loss.geco_rate) <= 0:
       raise ConfigError(f'config.loss.geco_rate must be > 0, got '
                        f'{loss.geco_rate}.')
+    try:  # The rule and its rates, as the loss will read them.
+      objective.multiplier_rule(loss.to_dict())
+    except ValueError as e:
+      raise ConfigError(f'config.{e}') from None
   elif float(loss.beta) < 0:
     raise ConfigError(f'config.loss.beta must be >= 0, got {loss.beta}.')
   # 0 = every pixel (the ELBO's), else the kept fraction of the pixels.

@@ -38,7 +38,9 @@ OBJECTIVES = ('geco', 'elbo')
 GECO_MULTIPLIERS = ('adam', 'multiplicative')
 
 
-def _multiplier_rule(loss_config: Mapping[str, Any]) -> str:
+def multiplier_rule(loss_config: Mapping[str, Any]) -> str:
+  """GECO's multiplier rule ('adam' or 'multiplicative'); ValueError naming
+  the `loss` field when it or a multiplicative rate is invalid."""
   rule = loss_config['geco_multiplier']
   choices.check_choice('loss.geco_multiplier', rule, GECO_MULTIPLIERS)
   if rule == 'multiplicative':
@@ -64,7 +66,7 @@ def init_trainable(model: models.Model, rng: jax.Array, image: jax.Array,
   choices.check_choice('loss.objective', loss_config['objective'], OBJECTIVES)
   trainable = {'model': model.init(rng, image, segmentation)}
   if loss_config['objective'] == 'geco':
-    if _multiplier_rule(loss_config) == 'adam':
+    if multiplier_rule(loss_config) == 'adam':
       trainable['geco'] = {'v': losses.initial_lagrange_parameter()}
     else:
       trainable['geco'] = {'log_lambda': jnp.zeros((), jnp.float32)}
@@ -79,7 +81,7 @@ def update_multiplier(trainable, scalars: Mapping[str, jax.Array],
   v). `scalars` are `loss_fn`'s of the same step.
   """
   if (loss_config['objective'] != 'geco' or
-      _multiplier_rule(loss_config) == 'adam'):
+      multiplier_rule(loss_config) == 'adam'):
     return trainable
   log_lambda = losses.multiplicative_lagrange_update(
       trainable['geco']['log_lambda'], scalars['constraint_per_pixel'],
@@ -124,7 +126,7 @@ def loss_fn(trainable, geco_state: losses.GecoState, rng: jax.Array,
   for level in range(out.kl_per_level.shape[0]):
     scalars[f'kl_{level}'] = out.kl_per_level[level]
   if loss_config['objective'] == 'geco':
-    if _multiplier_rule(loss_config) == 'adam':
+    if multiplier_rule(loss_config) == 'adam':
       loss, geco_state, lagrange, constraint = losses.geco_loss(
           rec, kl_sum, trainable['geco']['v'], geco_state,
           kappa=loss_config['kappa'], decay=loss_config['geco_decay'],

@@ -67,12 +67,22 @@ def _cells_data(data_dir):
     ('--config.loss.top_k_fraction=-0.1',
      'train: config.loss.top_k_fraction must be a number in [0, 1], got '
      '-0.1.'),
+    (('--config.loss.geco_multiplier=multiplicative',
+      '--config.loss.geco_multiplier_rate=0'),
+     'train: config.loss.geco_multiplier_rate must be a finite number > 0 '
+     "for the 'multiplicative' rule, got 0.0."),
+    (('--config.loss.geco_multiplier=multiplicative',
+      '--config.loss.geco_multiplier_rate=0.02',
+      '--config.loss.geco_multiplier_rate_down=-0.1'),
+     'train: config.loss.geco_multiplier_rate_down must be a finite number '
+     "> 0 for the 'multiplicative' rule, got -0.1."),
 ])
 def test_config_values_are_refused_before_the_workdir_is_touched(
     tmp_path, override, message):
   workdir = tmp_path / 'run'
   run = _run('experiments.train', f'--config={CELLS}', f'--workdir={workdir}',
-             f'--config.data.data_dir={tmp_path / "tfds"}', override)
+             f'--config.data.data_dir={tmp_path / "tfds"}',
+             *([override] if isinstance(override, str) else override))
   assert _one_line_error(run) == message
   assert not workdir.exists() and not (tmp_path / 'tfds').exists()
 
