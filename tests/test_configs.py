@@ -162,3 +162,17 @@ def test_lidc_v1_is_the_paper_lidc_setup_at_128_on_the_v1_data():
     for key in ('model_type', 'model', 'loss', 'optimizer', 'augment', 'eval',
                 'batch_size', 'num_train_steps'):
       assert config[key] == paper[key], key
+
+
+def test_synthetic_lesion_ablations_get_the_hierarchys_reconstruction():
+  """docs/synthetic_study.md, "The ablations' kappa": the hierarchy's
+  kappa for the top-k ablations, its all-pixel reconstruction for no_topk."""
+  lesions = _module('synthetic_lesions')
+  hpunet = lesions.get_config('hpunet').loss
+  assert hpunet.kappa == 0.25 and hpunet.top_k_fraction == 0.02
+  for variant in ('global_latents', 'local_latents'):
+    loss = lesions.get_config(variant).loss
+    assert (loss.kappa, loss.top_k_fraction) == (0.25, 0.02), variant
+    assert loss.geco_multiplier_rate_down == hpunet.geco_multiplier_rate_down
+  no_topk = lesions.get_config('no_topk').loss
+  assert (no_topk.kappa, no_topk.top_k_fraction) == (0.0044, 0.0)
