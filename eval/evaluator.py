@@ -254,6 +254,36 @@ class Evaluator:
     return [dict(e, target=targets[i], visible=masked['visible'][i],
                  model_input=masked['image'][i]) for i, e in enumerate(batch)]
 
+  def check_memory(self, params, split: str,
+                   num_samples: Optional[int] = None) -> None:
+    """Raises `sample_memory.SampleMemoryError` (naming the largest count
+    that fits) unless `num_samples` samples of a batch of `split` fit in
+    memory; traces the sampler, runs nothing. `run` checks this too; the
+    trainer calls it before training, so a count that cannot fit is refused
+    before hours of training, not after."""
+    num_samples = num_samples or self.config.eval.num_samples
+    limit = self.config.eval.num_examples
+    first = next(pipeline.eval_examples(self.config.data, split, limit=1),
+                 None)
+    if first is None:
+      raise EvalSettingsError(f'Split {split!r} of {self.task} has no '
+                              'examples.')
+    self._check_memory(
+        params, np.shape(first['image'])[:2],
+        pipeline.num_eval_examples(self.config.data, split, limit=limit),
+        num_samples)
+
+  def _check_memory(self, params, image_hw, num_images: int,
+                    num_samples: int) -> None:
+    batch_size = min(self.config.eval.batch_size, num_images)
+    batch = jax.ShapeDtypeStruct(  # With masking: + visible labels.
+        (batch_size,) + tuple(image_hw)
+        + (self.config.model.num_input_channels,), jnp.float32)
+    sample_memory.budget(
+        sample_memory.sampled_bytes_per_sample(
+            self._sample, params, jax.random.PRNGKey(0), batch),
+        batch_size, image_hw, self.task in LESION_TASKS).check(num_samples)
+
   def run(self, params, split: str, num_samples: int = None,
           rng_seed: int = 0) -> EvalResult:
     """Evaluates `params` on `split`; `num_samples` overrides the config."""
@@ -276,15 +306,8 @@ class Evaluator:
       raise EvalSettingsError(f'Split {split!r} of {self.task} has no '
                               'examples.')
     # Before compiling or sampling: N samples of a batch must fit.
-    batch_size = min(eval_config.batch_size, num_images)
-    image_hw = np.shape(first['image'])[:2]
-    batch = jax.ShapeDtypeStruct(  # With masking: + visible labels.
-        (batch_size,) + image_hw + (self.config.model.num_input_channels,),
-        jnp.float32)
-    sample_memory.budget(
-        sample_memory.sampled_bytes_per_sample(
-            self._sample, params, jax.random.PRNGKey(0), batch),
-        batch_size, image_hw, self.task in LESION_TASKS).check(num_samples)
+    self._check_memory(params, np.shape(first['image'])[:2], num_images,
+                       num_samples)
     examples = itertools.chain([first], examples)
     # The first batch compiles the sampler: left out of the rate and ETA.
     report = progress.Progress(

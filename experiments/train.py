@@ -41,6 +41,7 @@ import jax
 from ml_collections import config_flags
 
 from datasets import tfds_utils
+from eval import sample_memory
 from experiments import config_checks
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
@@ -107,10 +108,11 @@ def main(argv):
                                  _ACCEPT_CHANGES.value)
   except (workdir_lock.WorkdirError, checkpointing.CheckpointError,
           config_checks.ConfigError, tfds_utils.DataSetError,
-          train_lib.NonFiniteLossError) as e:
+          sample_memory.SampleMemoryError, train_lib.NonFiniteLossError) as e:
     # Expected refusals (another trainer, a file as workdir, damaged or
-    # drifted checkpoints, out-of-range settings, a damaged data set) and
-    # the NaN stop: one line, no traceback.
+    # drifted checkpoints, out-of-range settings, a damaged data set, an
+    # evaluation that cannot fit in memory) and the NaN stop: one line, no
+    # traceback.
     sys.exit(f'train: {e}')
 
 

@@ -247,6 +247,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch_example=batch_example,
       eigen_conv=config.xla_cpu_eigen_conv,
       masking_config=masking_config, conv_precision=config.conv_precision)
+  if (start_step < config.num_train_steps and config.eval.num_samples
+      and process_index == 0):
+    check_evaluation_memory(config, state.trainable['model'], model)
   writer = metric_writers.MetricWriter(
       workdir, start_step=start_step, total_steps=config.num_train_steps,
       enabled=process_index == 0)
@@ -345,6 +348,14 @@ def judge_convergence(config: ml_collections.ConfigDict,
               config.num_train_steps, verdict.rule, verdict.reason,
               len(spikes), f' (steps {spikes[:5]})' if spikes else '')
   return verdict
+
+
+def check_evaluation_memory(config: ml_collections.ConfigDict, params: Any,
+                            model: models.Model) -> None:
+  """Before training: the final evaluation's samples must fit in memory
+  (`eval.sample_memory.SampleMemoryError` naming the count that fits)."""
+  from eval import evaluator  # pylint: disable=g-import-not-at-top
+  evaluator.Evaluator(config, model).check_memory(params, config.eval.split)
 
 
 def final_evaluation(config: ml_collections.ConfigDict, params: Any,

@@ -266,3 +266,20 @@ def test_settings_lock_is_removed_and_not_taken_twice(tmp_path):
   with workdir_lock.SettingsLock(path, 'a test'):
     assert path.exists()
   assert not path.exists()
+
+
+def test_an_evaluation_that_cannot_fit_is_refused_before_training(
+    data_dir, tmp_path):
+  """The final evaluation's memory check runs before the first step, so a
+  sample count that cannot fit costs no training."""
+  workdir = tmp_path / 'run'
+  run = _run('experiments.train', f'--config={CELLS}', f'--workdir={workdir}',
+             f'--config.data.data_dir={data_dir}',
+             '--config.eval.num_samples=100000000000')
+  line = _one_line_error(run)
+  assert line.startswith('train: 100000000000 samples per image need at '
+                         'least '), line
+  assert 'samples per image fit.' in line
+  assert not (workdir / 'metrics.jsonl').exists()
+  assert not (workdir / 'checkpoints').exists() or not any(
+      (workdir / 'checkpoints').iterdir())
