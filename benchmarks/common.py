@@ -88,6 +88,7 @@ def machine_info() -> Dict[str, Any]:
   device = jax.devices()[0]
   return {
       'cpu_model': machine.cpu_model(),
+      'cpu_vector_features': machine.cpu_vector_features(),
       'num_cores': os.cpu_count(),
       'usable_cores': len(os.sched_getaffinity(0)),
       'memory_gib': round(os.sysconf('SC_PAGE_SIZE') *

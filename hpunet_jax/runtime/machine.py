@@ -1,21 +1,27 @@
 """What machine a result was measured on (for results files and logs)."""
 import os
 import platform
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 
 
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
+def _cpuinfo(key: str) -> Optional[str]:
+  """The first `key : value` line's value in /proc/cpuinfo (None if absent
+  or not Linux)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
+        if line.startswith(key):
           return line.split(':', 1)[1].strip()
-  except OSError:  # Not Linux: fall back below.
+  except OSError:
     pass
-  return platform.processor() or 'unknown'
+  return None
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
+  return _cpuinfo('model name') or platform.processor() or 'unknown'
 
 
 # Vector extensions that change XLA:CPU's kernels (a generic model name such
@@ -24,16 +30,9 @@ VECTOR_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
 
 
 def cpu_vector_features() -> List[str]:
-  """Which of `VECTOR_FEATURES` the CPU has (/proc/cpuinfo; [] elsewhere)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('flags'):
-          flags = set(line.split(':', 1)[1].split())
-          return [name for name in VECTOR_FEATURES if name in flags]
-  except OSError:
-    pass
-  return []
+  """Which of `VECTOR_FEATURES` the CPU has ([] where it does not say)."""
+  flags = set((_cpuinfo('flags') or '').split())
+  return [name for name in VECTOR_FEATURES if name in flags]
 
 
 def machine_info() -> Dict[str, Any]:
