@@ -104,9 +104,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # 0.02-0.05 nats per pixel (C about -0.2) until lambda is near its end
     # value, so at 0.02 lambda was still 1.5 at step 1500 and 0.08 at 3000
     # (C -0.10), and at 0.05 (seed 1) it fell until step 1800 and was
-    # rising again over the last 300 steps (mean C +0.09). At 0.1 lambda undershoots (minimum
-    # 0.13 / 0.032 / 0.021 at steps 1300 / 1400 / 1400) and climbs back at
-    # 0.02; the convergence rule (config.convergence, last 300 steps) holds
+    # rising again over the last 300 steps (mean C +0.09). At 0.1 lambda
+    # undershoots (minimum 0.13 / 0.032 / 0.021 at steps 1300 / 1400 /
+    # 1400) and climbs back at 0.02; the convergence rule (config.convergence, last 300 steps) holds
     # from step 1850 / 2250 / 2350 on and at step 2500 all three seeds are
     # converged (mean C +0.005 / +0.008 / +0.000 per pixel within +-0.05;
     # log lambda moved -0.006 / +0.049 / -0.192, limit 0.3).

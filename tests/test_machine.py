@@ -37,3 +37,6 @@ def test_no_cpuinfo_gives_the_platform_and_no_features(monkeypatch):
   assert machine.cpu_vector_features() == []
   info = machine.machine_info()
   assert info['cpu_model'] == 'arm' and info['cpu_vector_features'] == []
+  assert machine.cpu_label(info) == 'arm'
+  assert machine.cpu_label({'cpu_model': 'x', 'cpu_vector_features': [
+      'avx2', 'avx512f']}) == 'x avx2 avx512f'

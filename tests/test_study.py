@@ -238,8 +238,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert entry['wall_time_s'] > 0
     # The CPU each seed trained on, with its vector features.
     (cpus,) = entry['cpus_per_seed']
-    assert cpus == [machine.cpu_model() + ''.join(
-        f' {f}' for f in machine.cpu_vector_features())]
+    assert cpus == [' '.join([machine.cpu_model()]
+                             + machine.cpu_vector_features())]
   # The criteria need GED^2 at 100 samples and the ablations, which this
   # study did not compute or run.
   assert lesions['verdicts'] == {'not_decided': "the results lack 'ged_100'"}

@@ -163,9 +163,7 @@ def train_or_load(config: ml_collections.ConfigDict,
   if os.path.exists(timing_path):
     with open(timing_path) as f:
       timing.update(json.load(f))
-  cpus = sorted({m['cpu_model'] + ''.join(
-      f' {f}' for f in m.get('cpu_vector_features', ()))
-                 for m in timing.get('machines', ())})
+  cpus = sorted({machine.cpu_label(m) for m in timing.get('machines', ())})
   return dict(metrics=metrics, per_image=per_image,
               wall_time_s=timing['wall_time_s'], trained=trained,
               run_dir=run_dir, converged=converged, cpus=cpus or None)

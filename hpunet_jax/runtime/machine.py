@@ -35,6 +35,13 @@ def cpu_vector_features() -> List[str]:
   return [name for name in VECTOR_FEATURES if name in flags]
 
 
+def cpu_label(info: Dict[str, Any]) -> str:
+  """`machine_info()`'s CPU in one string: the model and its vector
+  features (records written before the features were kept have none)."""
+  return ' '.join([info['cpu_model']] + list(info.get('cpu_vector_features',
+                                                     ())))
+
+
 def machine_info() -> Dict[str, Any]:
   """CPU model and vector features, core count, platform and JAX devices
   of this machine."""
