@@ -106,9 +106,12 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
       constraint_band=0.2,
       # ... and log lambda moved at most this much over the window.
       max_log_lambda_drift=0.3,
-      # ELBO: the last window's mean loss within this fraction of the
-      # window's before.
+      # ELBO: the held-out loss of the last checkpoint within this fraction
+      # of the previous kept checkpoint's (needs checkpoints_to_keep >= 2) ...
       loss_plateau_tolerance=0.02,
+      # ... both scored on the same this many images of this split.
+      heldout_examples=128,
+      heldout_split='validation',
       # A step whose per-pixel reconstruction loss exceeds this many times
       # its moving average is counted as a spike (spikes.jsonl).
       spike_factor=3.0,
@@ -231,6 +234,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> None:
   config.num_train_steps = 4
   config.log_every_steps = 1
   config.checkpoint_every_steps = 2
+  config.convergence.heldout_examples = 4  # Two held-out batches.
   config.optimizer = adam(boundaries=(2,), learning_rates=(1e-3, 5e-4))
   config.eval.num_samples = 0  # No final evaluation.
 

@@ -1,4 +1,5 @@
-"""Did a run end converged? Judged from its logged metrics (`metrics.jsonl`).
+"""Did a run end converged? GECO runs are judged from their logged metrics
+(`metrics.jsonl`), ELBO runs from a held-out loss at their checkpoints.
 
 A run stopped mid-anneal is not a result of its config: under GECO the
 multiplier lambda first rises until the reconstruction constraint is met,
@@ -15,12 +16,16 @@ run records whether it ended converged, by these rules (`config.convergence`):
     `constraint_band * kappa` of 0;
   - drift: log lambda changed by at most `max_log_lambda_drift` between the
     first and the last logged step of the window.
-* ELBO (fixed beta; nothing anneals): the mean loss of the last window
-  differs from that of the window before it by at most
-  `loss_plateau_tolerance` of its magnitude.
+* ELBO (fixed beta; nothing anneals): the mean loss on the same held-out
+  batches (`heldout_examples` images of `heldout_split`, one fixed key, no
+  augmentation) at the run's last two kept checkpoints differs by at most
+  `loss_plateau_tolerance` of its magnitude (`heldout_plateau`). Held out
+  and paired, because the logged training loss is one batch per logged
+  step: the sPU-Net's swings by 30 % of its mean between batches, so means
+  of a window's few logged steps cannot resolve a 2 % change.
 
-Both need at least two logged steps per window; fewer (a run shorter than the
-window, or logged too rarely) is reported as not judged, never as converged.
+GECO needs at least two logged steps in the window, the ELBO two kept
+checkpoints; fewer is reported as not judged, never as converged.
 
 Spikes: a step whose per-pixel reconstruction loss (`rec_mean`) exceeds
 `spike_factor` times its moving average over the steps before it
@@ -30,13 +35,16 @@ trainer appends each to `spikes.jsonl` and the finished record counts them.
 import json
 import math
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Sequence
+from typing import (Any, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 METRICS_FILE = 'metrics.jsonl'
 SPIKES_FILE = 'spikes.jsonl'
 # Decay of the moving average a step's reconstruction loss is compared with
 # (as GECO's own moving average of the constraint, 0.99, a little shorter).
 SPIKE_AVERAGE_DECAY = 0.98
+GECO_RULE = 'geco_equilibrium'
+HELDOUT_RULE = 'heldout_loss_plateau'
 
 
 class Convergence(NamedTuple):
@@ -58,6 +66,11 @@ def check_convergence_config(convergence: Mapping[str, Any]) -> None:
   if isinstance(window, bool) or not isinstance(window, int) or window < 1:
     raise ValueError('config.convergence.window_steps must be a positive '
                      f'integer, got {window!r}.')
+  examples = convergence['heldout_examples']
+  if (isinstance(examples, bool) or not isinstance(examples, int)
+      or examples < 1):
+    raise ValueError('config.convergence.heldout_examples must be a positive '
+                     f'integer, got {examples!r}.')
   for name in ('constraint_band', 'max_log_lambda_drift',
                'loss_plateau_tolerance', 'spike_factor'):
     value = convergence[name]
@@ -102,7 +115,7 @@ def geco_equilibrium(history: Sequence[Mapping[str, float]], last_step: int,
   """
   window = _window(history, last_step - window_steps, last_step)
   if last_step < window_steps or len(window) < 2:
-    return Convergence(False, 'geco_equilibrium', {},
+    return Convergence(False, GECO_RULE, {},
                        f'not judged: {last_step} steps, {len(window)} logged '
                        f'in the window of the last {window_steps}')
   constraint = sum(r['constraint_per_pixel'] for r in window) / len(window)
@@ -121,30 +134,21 @@ def geco_equilibrium(history: Sequence[Mapping[str, float]], last_step: int,
   reason = ('; '.join(failed) if failed else
             f'constraint {constraint:+.4f} within +-{band:.4f}, log lambda '
             f'moved {drift:+.3f}')
-  return Convergence(not failed, 'geco_equilibrium', values,
+  return Convergence(not failed, GECO_RULE, values,
                      f'steps {window[0]["step"]}-{last_step}: {reason}')
 
 
-def loss_plateau(history: Sequence[Mapping[str, float]], last_step: int,
-                 window_steps: int, tolerance: float) -> Convergence:
-  """The ELBO's plateau: the last window's mean loss against the window
-  before it (module docstring)."""
-  last = _window(history, last_step - window_steps, last_step)
-  before = _window(history, last_step - 2 * window_steps,
-                   last_step - window_steps)
-  if last_step < 2 * window_steps or len(last) < 2 or len(before) < 2:
-    return Convergence(False, 'loss_plateau', {},
-                       f'not judged: fewer than 2 logged steps in each of the '
-                       f'last two windows of {window_steps} steps')
-  mean_last = sum(r['loss'] for r in last) / len(last)
-  mean_before = sum(r['loss'] for r in before) / len(before)
-  change = (mean_last - mean_before) / max(abs(mean_before), 1e-12)
-  values = {'loss': mean_last, 'loss_window_before': mean_before,
-            'relative_change': change}
-  converged = abs(change) <= tolerance
-  return Convergence(converged, 'loss_plateau', values,
-                     f'mean loss {mean_before:.4g} -> {mean_last:.4g} '
-                     f'({change:+.1%}, limit {tolerance:.0%})')
+def heldout_plateau(step_before: int, loss_before: float, last_step: int,
+                    loss_last: float, tolerance: float) -> Convergence:
+  """The ELBO's plateau: the held-out loss at the last checkpoint against
+  the one before (module docstring)."""
+  change = (loss_last - loss_before) / max(abs(loss_before), 1e-12)
+  values = {'heldout_loss': loss_last, 'heldout_loss_before': loss_before,
+            'step_before': step_before, 'relative_change': change}
+  return Convergence(abs(change) <= tolerance, HELDOUT_RULE, values,
+                     f'held-out loss at step {step_before} -> {last_step}: '
+                     f'{loss_before:.4g} -> {loss_last:.4g} ({change:+.1%}, '
+                     f'limit {tolerance:.0%})')
 
 
 class SpikeCounter:
@@ -183,10 +187,24 @@ def spike_steps(workdir: str, last_step: int) -> List[int]:
   return sorted(s for s in steps if s <= last_step)
 
 
-def assess(config: Any, history: Sequence[Mapping[str, float]]
+def rule_of(config: Any) -> str:
+  """The rule that judges runs of `config`."""
+  return (GECO_RULE if config.loss.objective == 'geco' else HELDOUT_RULE)
+
+
+def assess(config: Any, history: Sequence[Mapping[str, float]],
+           heldout: Optional[Tuple[int, float, float]] = None
            ) -> Convergence:
   """The verdict for a run of `config` that ended at
-  `config.num_train_steps` with this logged `history`."""
+  `config.num_train_steps`.
+
+  Args:
+    config: the run's config.
+    history: its logged steps (`read_history`; GECO's rule reads them).
+    heldout: `(step_before, loss_before, loss_last)`, the held-out losses
+      of the last two kept checkpoints (`experiments.heldout_loss`; the
+      ELBO's rule reads them); None = fewer than two checkpoints.
+  """
   settings = config.convergence
   check_convergence_config(settings)
   last_step = int(config.num_train_steps)
@@ -194,5 +212,10 @@ def assess(config: Any, history: Sequence[Mapping[str, float]]
     return geco_equilibrium(history, last_step, float(config.loss.kappa),
                             settings.window_steps, settings.constraint_band,
                             settings.max_log_lambda_drift)
-  return loss_plateau(history, last_step, settings.window_steps,
-                      settings.loss_plateau_tolerance)
+  if heldout is None:
+    return Convergence(False, HELDOUT_RULE, {},
+                       'not judged: fewer than two kept checkpoints to '
+                       'compare (config.checkpoints_to_keep >= 2 needed)')
+  step_before, loss_before, loss_last = heldout
+  return heldout_plateau(step_before, loss_before, last_step, loss_last,
+                         settings.loss_plateau_tolerance)

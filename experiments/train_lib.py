@@ -24,6 +24,7 @@ from datasets import masking
 from datasets import pipeline
 from experiments import config_checks
 from experiments import convergence
+from experiments import heldout_loss
 from experiments import resume
 from experiments import sharding
 from experiments import train_step
@@ -332,11 +333,15 @@ def _train_loop(config: ml_collections.ConfigDict,
 
 def judge_convergence(config: ml_collections.ConfigDict,
                       workdir: str) -> convergence.Convergence:
-  """Whether the finished run ended converged (`experiments.convergence`),
-  from its metrics.jsonl; logged in one line."""
+  """Whether the finished run ended converged (`experiments.convergence`):
+  GECO from its metrics.jsonl, the ELBO from the held-out loss of its last
+  two checkpoints; logged in one line."""
   try:
-    verdict = convergence.assess(config,
-                                 convergence.read_history(workdir))
+    heldout = None
+    if convergence.rule_of(config) == convergence.HELDOUT_RULE:
+      heldout = heldout_loss.checkpoint_losses(config, workdir)
+    verdict = convergence.assess(config, convergence.read_history(workdir),
+                                 heldout)
   except (OSError, ValueError, KeyError) as e:
     verdict = convergence.Convergence(False, 'unreadable', {},
                                       f'not judged: {e}')

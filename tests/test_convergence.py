@@ -1,5 +1,6 @@
-"""`experiments.convergence`: GECO equilibrium and the ELBO plateau, judged
-from logged metrics; the trainer records the verdict."""
+"""`experiments.convergence`: GECO equilibrium (judged from logged metrics)
+and the ELBO's held-out plateau (from the last two checkpoints); the trainer
+and the study record the verdict."""
 import json
 import math
 
@@ -7,12 +8,17 @@ import ml_collections
 import pytest
 
 from experiments import convergence
+from experiments import heldout_loss
 from experiments import synthetic_lesions
 from experiments import train_lib
+from hpunet_jax import models
+from hpunet_jax import precision
+from hpunet_jax import trained_run
 from hpunet_jax.runtime import run_record
 
 SETTINGS = dict(window_steps=300, constraint_band=0.2,
                 max_log_lambda_drift=0.3, loss_plateau_tolerance=0.02,
+                heldout_examples=8, heldout_split='validation',
                 spike_factor=3.0)
 
 
@@ -68,22 +74,27 @@ def test_too_few_logged_steps_are_not_judged_converged():
                             'of the last 300')
 
 
-def test_elbo_plateau():
-  flat = [{'step': 50 * (i + 1), 'loss': 10.0 + (0.05 if i % 2 else 0)}
-          for i in range(12)]
-  verdict = convergence.assess(_config('elbo'), flat)
-  assert verdict.converged and verdict.rule == 'loss_plateau'
-  falling = [{'step': 50 * (i + 1), 'loss': 20.0 - i} for i in range(12)]
-  verdict = convergence.assess(_config('elbo'), falling)
-  # Windows 50-300 and 350-600: means 17.5 and 11.5.
+def test_elbo_heldout_plateau():
+  verdict = convergence.assess(_config('elbo'), [], (450, 100.0, 98.5))
+  assert verdict.converged and verdict.rule == 'heldout_loss_plateau'
+  assert verdict.values == {'heldout_loss': 98.5, 'heldout_loss_before': 100.0,
+                            'step_before': 450, 'relative_change': -0.015}
+  assert verdict.reason == ('held-out loss at step 450 -> 600: 100 -> 98.5 '
+                            '(-1.5%, limit 2%)')
+  # Rising counts as much as falling: the loss has not settled.
+  verdict = convergence.assess(_config('elbo'), [], (450, 100.0, 102.5))
   assert not verdict.converged
-  assert verdict.values['relative_change'] == pytest.approx(-6 / 17.5)
+  assert verdict.values['relative_change'] == pytest.approx(0.025)
+  # The logged (single-batch) losses are not read: only the checkpoints'.
+  verdict = convergence.assess(_config('elbo'),
+                               [{'step': 600, 'loss': 1e9}], None)
+  assert not verdict.converged and verdict.reason.startswith('not judged')
 
 
 @pytest.mark.parametrize('field, value', [
     ('window_steps', 0), ('window_steps', 2.5), ('constraint_band', 0.0),
     ('max_log_lambda_drift', float('nan')), ('loss_plateau_tolerance', -1),
-    ('spike_factor', 0)])
+    ('spike_factor', 0), ('heldout_examples', 0), ('heldout_examples', 1.5)])
 def test_settings_no_run_can_meet_are_refused(field, value):
   with pytest.raises(ValueError, match=f'config.convergence.{field} must'):
     convergence.check_convergence_config(dict(SETTINGS, **{field: value}))
@@ -153,3 +164,43 @@ def test_trainer_records_the_verdict(tmp_path):
       str(tmp_path / 'run')))
   expected.values['spikes'] = len(spikes)
   assert record['convergence'] == json.loads(json.dumps(expected.to_dict()))
+
+
+def _tiny_elbo_run(tmp_path, keep=2):
+  config = synthetic_lesions.get_config('spunet,tiny')
+  config.num_train_steps = 4
+  config.checkpoint_every_steps = 2
+  config.checkpoints_to_keep = keep
+  config.eval.num_samples = 0
+  config.data.data_dir = str(tmp_path / 'tfds')
+  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  return config, str(tmp_path / 'run')
+
+
+def test_trainer_judges_the_elbo_on_its_last_two_checkpoints(tmp_path):
+  config, workdir = _tiny_elbo_run(tmp_path)
+  record = run_record.read_finished(workdir)
+  assert record['convergence']['rule'] == 'heldout_loss_plateau'
+  values = record['convergence']['values']
+  assert values['step_before'] == 2
+  # The losses are the objective on the held-out batches at steps 2 and 4.
+  model = precision.mixed_precision_model(
+      models.make_model(config.model_type, config.model.to_dict()),
+      config.compute_dtype)
+  batches = heldout_loss.heldout_batches(config)
+  assert [b['image'].shape[0] for b in batches] == [2, 2]  # 4 examples.
+  for step, key in ((2, 'heldout_loss_before'), (4, 'heldout_loss')):
+    params = trained_run.load(workdir, step, config).params
+    assert values[key] == pytest.approx(
+        heldout_loss.mean_loss(config, model, params, batches), rel=1e-6)
+  change = values['heldout_loss'] / values['heldout_loss_before'] - 1
+  assert values['relative_change'] == pytest.approx(change)
+  assert record['converged'] == (abs(change) <= 0.02)
+
+
+def test_one_kept_checkpoint_is_not_judged(tmp_path):
+  _, workdir = _tiny_elbo_run(tmp_path, keep=1)
+  record = run_record.read_finished(workdir)
+  assert record['converged'] is False
+  assert record['convergence']['reason'].startswith('not judged: fewer than '
+                                                    'two kept checkpoints')

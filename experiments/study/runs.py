@@ -19,6 +19,7 @@ from eval import outputs
 import hpunet_jax
 from experiments.study import analysis as study_analysis
 from experiments.study import diagnostics as study_diagnostics
+from experiments import convergence
 from experiments import train_lib
 from experiments.study.options import (TASK_DIRS, StudyOptions,
                                        StudySettingsError, make_config,
@@ -153,10 +154,8 @@ def train_or_load(config: ml_collections.ConfigDict,
     if problem:
       raise RunIncompleteError(f'{run_dir} is not complete ({problem}); '
                                'rerun the same command to continue.')
+  converged = current_verdict(config, run_dir)
   metrics, per_image = load_eval(eval_dir)
-  # None for a run finished before convergence was recorded: never counted
-  # as converged.
-  converged = (run_record.read_finished(run_dir) or {}).get('converged')
   # Unknown for a run trained outside the study; machines for a run timed
   # before they were recorded.
   timing = {'wall_time_s': None}
@@ -167,6 +166,33 @@ def train_or_load(config: ml_collections.ConfigDict,
   return dict(metrics=metrics, per_image=per_image,
               wall_time_s=timing['wall_time_s'], trained=trained,
               run_dir=run_dir, converged=converged, cpus=cpus or None)
+
+
+def current_verdict(config: ml_collections.ConfigDict,
+                    run_dir: str) -> Optional[bool]:
+  """Whether the finished run ended converged by the rule that judges
+  `config` today (`convergence.rule_of`).
+
+  A run judged by a replaced rule (the ELBO's old plateau of logged
+  single-batch losses) is judged again, and its finished.json and final
+  metrics.json take the new verdict. None for a run finished before
+  convergence was recorded (never counted as converged).
+  """
+  finished = run_record.read_finished(run_dir) or {}
+  recorded = finished.get('convergence')
+  if recorded is None or recorded.get('rule') == convergence.rule_of(config):
+    return finished.get('converged')
+  verdict = train_lib.judge_convergence(config, run_dir).to_dict()
+  run_record.write_finished(run_dir, finished['step'], config, verdict)
+  path = os.path.join(outputs.final_results_dir(run_dir, config),
+                      'metrics.json')
+  with open(path) as f:
+    metrics = json.load(f)
+  metrics.update(converged=verdict['converged'], convergence=verdict)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  return verdict['converged']
 
 
 def run_dir_of(options: StudyOptions, task: str, variant: str,
