@@ -262,16 +262,21 @@ class Evaluator:
     trainer calls it before training, so a count that cannot fit is refused
     before hours of training, not after."""
     num_samples = num_samples or self.config.eval.num_samples
+    first, _, num_images = self._open_split(split)
+    self._check_memory(params, np.shape(first['image'])[:2], num_images,
+                       num_samples)
+
+  def _open_split(self, split: str):
+    """`(first example, iterator over all of them, count)` of `split`, at
+    most `eval.num_examples`; EvalSettingsError when it has none."""
     limit = self.config.eval.num_examples
-    first = next(pipeline.eval_examples(self.config.data, split, limit=1),
-                 None)
+    examples = pipeline.eval_examples(self.config.data, split, limit=limit)
+    first = next(examples, None)
     if first is None:
       raise EvalSettingsError(f'Split {split!r} of {self.task} has no '
                               'examples.')
-    self._check_memory(
-        params, np.shape(first['image'])[:2],
-        pipeline.num_eval_examples(self.config.data, split, limit=limit),
-        num_samples)
+    return (first, itertools.chain([first], examples),
+            pipeline.num_eval_examples(self.config.data, split, limit=limit))
 
   def _check_memory(self, params, image_hw, num_images: int,
                     num_samples: int) -> None:
@@ -297,18 +302,10 @@ class Evaluator:
                    'number of clustered samples) instead of '
                    'config.eval.cluster_alpha = %d.', alpha, alpha,
                    eval_config.cluster_alpha)
-    examples = pipeline.eval_examples(self.config.data, split,
-                                      limit=eval_config.num_examples)
-    num_images = pipeline.num_eval_examples(self.config.data, split,
-                                            limit=eval_config.num_examples)
-    first = next(examples, None)
-    if first is None:
-      raise EvalSettingsError(f'Split {split!r} of {self.task} has no '
-                              'examples.')
+    first, examples, num_images = self._open_split(split)
     # Before compiling or sampling: N samples of a batch must fit.
     self._check_memory(params, np.shape(first['image'])[:2], num_images,
                        num_samples)
-    examples = itertools.chain([first], examples)
     # The first batch compiles the sampler: left out of the rate and ETA.
     report = progress.Progress(
         f'evaluating {self.task}:{split}', total=num_images, unit='images',

@@ -283,3 +283,21 @@ def test_an_evaluation_that_cannot_fit_is_refused_before_training(
   assert not (workdir / 'metrics.jsonl').exists()
   assert not (workdir / 'checkpoints').exists() or not any(
       (workdir / 'checkpoints').iterdir())
+
+
+def test_an_empty_split_is_named_by_the_memory_check_and_the_run(
+    monkeypatch):
+  from eval import evaluator  # pylint: disable=g-import-not-at-top
+  from experiments import synthetic_lesions  # pylint: disable=g-import-not-at-top
+  from hpunet_jax import models  # pylint: disable=g-import-not-at-top
+  config = synthetic_lesions.get_config('tiny')
+  model = models.make_model(config.model_type, config.model.to_dict())
+  monkeypatch.setattr(pipeline, 'eval_examples',
+                      lambda *args, **kwargs: iter(()))
+  runner = evaluator.Evaluator(config, model)
+  for call in (lambda: runner.check_memory(None, 'validation', 4),
+               lambda: runner.run(None, 'validation', 4)):
+    with pytest.raises(evaluator.EvalSettingsError,
+                       match="Split 'validation' of synthetic_lesions has "
+                             'no examples'):
+      call()
