@@ -30,6 +30,9 @@ from hpunet_jax.runtime import run_record
 # Keys that may differ between the invocations of one study.
 # (`xla_cpu_eigen_conv` picks convolution kernels: float rounding only.)
 _CONFIG_KEYS_FREE = ('data_dir', 'compilation_cache_dir', 'xla_cpu_eigen_conv')
+# Subtrees that may differ too: `convergence` only judges a finished run, and
+# the study judges every run by today's rule (`current_verdict`).
+_CONFIG_TREES_FREE = ('convergence',)
 TIMING_FILE = 'study_timing.json'
 
 
@@ -48,7 +51,8 @@ def _check_same_config(config: ml_collections.ConfigDict,
   def flat(d, prefix=''):
     for k, v in d.items():
       if isinstance(v, dict):
-        yield from flat(v, f'{prefix}{k}.')
+        if f'{prefix}{k}' not in _CONFIG_TREES_FREE:
+          yield from flat(v, f'{prefix}{k}.')
       elif k not in _CONFIG_KEYS_FREE:
         yield f'{prefix}{k}', v
 
