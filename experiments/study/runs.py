@@ -188,11 +188,10 @@ def current_verdict(config: ml_collections.ConfigDict,
     return finished.get('converged')
   verdict = train_lib.judge_convergence(config, run_dir).to_dict()
   run_record.write_finished(run_dir, finished['step'], config, verdict)
-  path = os.path.join(outputs.final_results_dir(run_dir, config),
-                      'metrics.json')
-  with open(path) as f:
-    metrics = json.load(f)
+  eval_dir = outputs.final_results_dir(run_dir, config)
+  metrics = outputs.load_metrics(eval_dir)
   metrics.update(converged=verdict['converged'], convergence=verdict)
+  path = os.path.join(eval_dir, outputs.METRICS_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
