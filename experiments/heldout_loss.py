@@ -8,7 +8,7 @@ sample, so the difference is the model's change, not the batches'.
 """
 import math
 import os
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import jax
 import ml_collections
@@ -39,10 +39,12 @@ def heldout_batches(config: ml_collections.ConfigDict
   return [next(iterator) for _ in range(count)]
 
 
-def mean_loss(config: ml_collections.ConfigDict, model: models.Model,
-              params: Any, batches: List[Mapping[str, np.ndarray]]) -> float:
-  """The training objective (`objective.loss_fn`, at the run's compute
-  dtype and conv precision) of `params`, averaged over `batches`."""
+def loss_function(config: ml_collections.ConfigDict, model: models.Model
+                  ) -> Callable[[Any, Mapping[str, np.ndarray], jax.Array],
+                                jax.Array]:
+  """The jitted training objective of one batch, `(params, batch, rng) ->
+  loss` (`objective.loss_fn` at the run's conv precision); built once and
+  used for both checkpoints, so it compiles once."""
   loss_config = config.loss.to_dict()
   geco_state = objective.init_geco_state()  # The ELBO does not read it.
 
@@ -54,6 +56,13 @@ def mean_loss(config: ml_collections.ConfigDict, model: models.Model,
           loss_config=loss_config)
     return scalars['loss']
 
+  return batch_loss
+
+
+def mean_loss(batch_loss: Callable, params: Any,
+              batches: List[Mapping[str, np.ndarray]]) -> float:
+  """`batch_loss` (`loss_function`) of `params` averaged over `batches`,
+  batch `i` with the key `fold_in(PRNGKey(HELDOUT_SEED), i)`."""
   key = jax.random.PRNGKey(HELDOUT_SEED)
   losses = [float(batch_loss(params, batch, jax.random.fold_in(key, index)))
             for index, batch in enumerate(batches)]
@@ -81,8 +90,9 @@ def checkpoint_losses(config: ml_collections.ConfigDict, workdir: str
   model = precision.mixed_precision_model(
       models.make_model(config.model_type, config.model.to_dict()),
       config.compute_dtype)
+  batch_loss = loss_function(config, model)
   batches = heldout_batches(config)
-  losses = [mean_loss(config, model,
+  losses = [mean_loss(batch_loss,
                       trained_run.load(workdir, step, config).params, batches)
             for step in (max(before), last_step)]
   return max(before), losses[0], losses[1]

@@ -187,12 +187,13 @@ def test_trainer_judges_the_elbo_on_its_last_two_checkpoints(tmp_path):
   model = precision.mixed_precision_model(
       models.make_model(config.model_type, config.model.to_dict()),
       config.compute_dtype)
+  batch_loss = heldout_loss.loss_function(config, model)
   batches = heldout_loss.heldout_batches(config)
   assert [b['image'].shape[0] for b in batches] == [2, 2]  # 4 examples.
   for step, key in ((2, 'heldout_loss_before'), (4, 'heldout_loss')):
     params = trained_run.load(workdir, step, config).params
     assert values[key] == pytest.approx(
-        heldout_loss.mean_loss(config, model, params, batches), rel=1e-6)
+        heldout_loss.mean_loss(batch_loss, params, batches), rel=1e-6)
   change = values['heldout_loss'] / values['heldout_loss_before'] - 1
   assert values['relative_change'] == pytest.approx(change)
   assert record['converged'] == (abs(change) <= 0.02)
