@@ -8,19 +8,25 @@ results file records the load average before and after the run.
 """
 import argparse
 import datetime
+import glob
+import gzip
 import importlib
 import json
 import os
 import platform
+import re
 import statistics
+import tempfile
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterator, Mapping, NamedTuple,
+                    Optional, Sequence, Tuple)
 
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from hpunet_jax.runtime import compilation_cache
 from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import xla_options
@@ -201,11 +207,7 @@ def enable_compilation_cache() -> str:
   The directory is `$HPUNET_JAX_CACHE` or `~/.cache/hpunet_jax/jax` (the
   trainer's default). Reported compile times are then cache loads on re-runs.
   """
-  path = os.environ.get('HPUNET_JAX_CACHE') or os.path.expanduser(
-      '~/.cache/hpunet_jax/jax')
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  return path
+  return compilation_cache.enable()
 
 
 def lesion_masks(rng: np.random.Generator, count: int, height: int,
@@ -243,6 +245,49 @@ def synthetic_batch(config, seed: int = 0) -> Dict[str, np.ndarray]:
   return {'image': image.astype(np.float32),
           'segmentation': segmentation.astype(np.int32),
           'mask': np.ones((config.batch_size, height, width), np.float32)}
+
+
+def enable_kernel_trace_events() -> None:
+  """Turns on XLA:CPU's per-kernel trace events (`jax.profiler`); must run
+  before the backend starts (the flag is read then)."""
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_cpu_enable_xprof_traceme=true').strip()
+
+
+def traced_events(call: Callable[[], Any], num_calls: int,
+                  prefix: str) -> Tuple[list, float, str]:
+  """Runs `call()` `num_calls` times under `jax.profiler.trace`.
+
+  Returns:
+    `(trace events, wall seconds per call, trace path)`; the trace is a
+    Perfetto JSON in a new temporary folder named `prefix*`.
+  """
+  trace_dir = tempfile.mkdtemp(prefix=prefix)
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    start = time.perf_counter()
+    for _ in range(num_calls):
+      jax.block_until_ready(call())
+    wall_s = (time.perf_counter() - start) / num_calls
+  path, = glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*',
+                                 'perfetto_trace.json.gz'))
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  return events, wall_s, path
+
+
+def kernel_events(trace_events) -> Iterator[Tuple[str, float]]:
+  """`(kernel name without its .N suffix, seconds)` of the complete
+  (`ph == 'X'`) kernel events of a trace, host bookkeeping and Python frames
+  left out."""
+  for event in trace_events:
+    if event.get('ph') != 'X' or 'dur' not in event:
+      continue
+    name = re.sub(r'\.\d+$', '', event['name'])
+    if name.startswith(('ThunkExecutor', '$', 'Pjit', 'Common', 'Handle',
+                        'end: ')):
+      continue
+    yield name, event['dur'] / 1e6
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], Any]], num_runs: int,

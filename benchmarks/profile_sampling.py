@@ -13,13 +13,6 @@ read as the rest: the calls' wall time minus the other kernels. The shared
 `--compiler_options` flag is not used (always `eigen_conv`).
 """
 import collections
-import glob
-import gzip
-import json
-import os
-import re
-import tempfile
-import time
 from typing import Dict
 
 import jax
@@ -34,17 +27,12 @@ _KINDS = (('ynn_fusion', 'ynnpack_fusions'), ('conv', 'convolution_events'),
 
 
 def kernel_seconds(trace_events) -> Dict[str, float]:
-  """Sums complete (`ph == 'X'`) kernel events by kind, in seconds."""
+  """Sums complete kernel events (`common.kernel_events`) by kind, in
+  seconds."""
   totals = collections.Counter()
-  for event in trace_events:
-    if event.get('ph') != 'X' or 'dur' not in event:
-      continue
-    name = re.sub(r'\.\d+$', '', event['name'])
-    if name.startswith(('ThunkExecutor', '$', 'Pjit', 'Common', 'Handle',
-                        'end: ')):
-      continue  # Host-side bookkeeping and Python frames.
+  for name, seconds in common.kernel_events(trace_events):
     kind = next((k for prefix, k in _KINDS if prefix in name), 'other')
-    totals[kind] += event['dur'] / 1e6
+    totals[kind] += seconds
   return dict(totals)
 
 
@@ -56,9 +44,7 @@ def _extra_flags(parser):
 
 
 def main():
-  # XLA's per-kernel trace events; read when the backend starts, below.
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_cpu_enable_xprof_traceme=true').strip()
+  common.enable_kernel_trace_events()
   args = common.parse_args(__doc__.splitlines()[0], _extra_flags)
   num_samples = args.num_samples or (8 if args.quick else 100)
   common.enable_compilation_cache()
@@ -69,17 +55,8 @@ def main():
                                (params, rng, image, num_samples),
                                'eigen_conv')
   sample(params, rng, image).block_until_ready()
-  trace_dir = tempfile.mkdtemp(prefix='trace_sampling_')
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    start = time.perf_counter()
-    for _ in range(args.calls):
-      sample(params, rng, image).block_until_ready()
-    wall_s = (time.perf_counter() - start) / args.calls
-  path, = glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*',
-                                 'perfetto_trace.json.gz'))
-  with gzip.open(path) as f:
-    trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  events, wall_s, path = common.traced_events(
+      lambda: sample(params, rng, image), args.calls, 'trace_sampling_')
   per_call = {k: v / args.calls for k, v in kernel_seconds(events).items()}
   # The hand-over events are part of the convolutions' share, not added.
   hand_over_s = per_call.pop('convolution_events', 0.0)

@@ -14,7 +14,9 @@ import pytest
 
 from benchmarks import common
 from benchmarks import metrics_speed
+from benchmarks import profile_convolutions
 from benchmarks import profile_sampling
+from benchmarks import profile_train_step
 from benchmarks import startup
 from hpunet_jax import blocks
 from hpunet_jax import convolutions
@@ -170,6 +172,53 @@ def test_profile_sampling_sums_kernel_events_by_kind():
   assert profile_sampling.kernel_seconds(events) == pytest.approx({
       'ynnpack_fusions': 2.0, 'loop_fusions': 1.0, 'convolution_events': 0.5,
       'other': 0.1})
+
+
+def test_profile_train_step_sums_by_family_and_reads_convolutions_as_rest():
+  events = [
+      {'ph': 'X', 'name': 'transpose_copy_fusion.3', 'dur': 2e6},
+      {'ph': 'X', 'name': 'transpose_copy_fusion.14', 'dur': 1e6},
+      {'ph': 'X', 'name': 'convolution.7', 'dur': 1e5},
+      {'ph': 'X', 'name': 'conv_general_dilated.2', 'dur': 1e5},
+      {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9e6},
+      {'ph': 'i', 'name': 'copy.4'}]
+  by_family = profile_train_step.kernel_seconds_by_family(events)
+  assert by_family == pytest.approx({'transpose_copy_fusion': 3.0,
+                                     'convolution': 0.1,
+                                     'conv_general_dilated': 0.1})
+  assert profile_train_step.shares(by_family, wall_s=10.0) == pytest.approx(
+      {'transpose_copy_fusion': 3.0, 'convolutions': 7.0})
+
+
+def test_profile_convolutions_finds_nested_convolutions_and_counts_them():
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  def f(x, w3, w5):
+    y = jax.jit(conv)(x, w3)  # Inside a nested jaxpr.
+    y = jax.checkpoint(conv)(y, w3)
+    return conv(x, w5) + y
+
+  x = jnp.zeros((2, 8, 8, 4))
+  found = profile_convolutions.convolutions_of(
+      jax.make_jaxpr(f)(x, jnp.zeros((3, 3, 4, 4)),
+                        jnp.zeros((5, 5, 4, 4))).jaxpr)
+  assert found == {((2, 8, 8, 4), (3, 3, 4, 4), ((1, 1), (1, 1))): 2,
+                   ((2, 8, 8, 4), (5, 5, 4, 4), ((2, 2), (2, 2))): 1}
+  strided = jax.make_jaxpr(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(
+          x, jnp.zeros((3, 3, 4, 4)))
+  with pytest.raises(ValueError, match='window_strides'):
+    profile_convolutions.convolutions_of(strided.jaxpr)
+
+
+def test_profile_convolutions_passes_have_the_passes_shapes():
+  calls = profile_convolutions.jax_pass_calls(
+      (2, 6, 6, 3), (3, 3, 3, 5), ((1, 1), (1, 1)), 'default')
+  assert calls['forward']().shape == (2, 6, 6, 5)
+  assert calls['input_gradient']().shape == (2, 6, 6, 3)
+  assert calls['weight_gradient']().shape == (3, 3, 3, 5)
 
 
 def test_device_check_parses_its_flags_and_quick_runs_write_json(
