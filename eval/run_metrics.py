@@ -33,6 +33,7 @@ from eval import outputs
 from eval import sample_memory
 import hpunet_jax
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import compilation_cache
 from hpunet_jax.runtime import quiet_logs
 from hpunet_jax.runtime import run_record
 
@@ -92,6 +93,8 @@ def main(argv):
   except (FileNotFoundError, checkpointing.CheckpointError) as e:
     sys.exit(f'run_metrics: {e}')
   config = run.config
+  compilation_cache.enable(config.get('compilation_cache_dir', ''),
+                           min_compile_time_s=0.0)
   try:
     unfinished = run_record.unfinished_note(_WORKDIR.value, run.step,
                                             config.num_train_steps)

@@ -84,7 +84,8 @@ def base_config(*, image_size: Tuple[int, int], batch_size: int,
   # (data, spatial) device mesh: batch split over `data`, image height over
   # `spatial`. (-1, 1) = every device on the batch.
   config.mesh_shape = (-1, 1)
-  # Persistent XLA compilation cache; '' = ~/.cache/hpunet_jax/jax.
+  # Persistent XLA compilation cache; '' = $HPUNET_JAX_CACHE, else
+  # ~/.cache/hpunet_jax/jax (hpunet_jax/runtime/compilation_cache.py).
   config.compilation_cache_dir = ''
   # On CPU, compile the train step and the evaluator's sampling with
   # convolutions on XLA's Eigen kernels (hpunet_jax/runtime/xla_options.py): 27 %

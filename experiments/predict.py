@@ -46,6 +46,7 @@ from experiments import output_folder
 from experiments import prediction_outputs
 import hpunet_jax
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import compilation_cache
 
 
 class ImageError(ValueError):
@@ -215,6 +216,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   values = flags.FLAGS
+  # Compiled samplers from the disk: a second prediction skips compiling
+  # (the run's own `compilation_cache_dir` is not known before the load).
+  compilation_cache.enable(min_compile_time_s=0.0)
   try:
     predict(values.workdir, values.image, values.num_samples, values.out,
             values.resize, values.seed)

@@ -45,6 +45,7 @@ from eval import sample_memory
 from experiments import config_checks
 from experiments import train_lib
 from hpunet_jax.runtime import checkpointing
+from hpunet_jax.runtime import compilation_cache
 from hpunet_jax.runtime import host_memory
 from hpunet_jax.runtime import workdir_lock
 from hpunet_jax.runtime import quiet_logs
@@ -71,9 +72,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Index of this process (multi-process).')
 
-DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'hpunet_jax', 'jax')
-
-
 def _maybe_initialize_distributed() -> None:
   """Joins a multi-process run when the flags ask for one."""
   if _COORDINATOR.value or _NUM_PROCESSES.value is not None:
@@ -84,13 +82,6 @@ def _maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _enable_compilation_cache(cache_dir: str) -> None:
-  """Persists compiled XLA programs so restarts skip recompilation."""
-  cache_dir = os.path.expanduser(cache_dir or DEFAULT_COMPILATION_CACHE)
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -99,7 +90,7 @@ def main(argv):
   config = _CONFIG.value
   quiet_logs.quiet_libraries()  # Orbax's per-save INFO lines, TFDS's.
   _maybe_initialize_distributed()
-  _enable_compilation_cache(config.compilation_cache_dir)
+  compilation_cache.enable(config.compilation_cache_dir)
   logging.info('Process %d/%d, devices: %s; host memory reuse: %s',
                jax.process_index(), jax.process_count(), jax.devices(),
                memory_setting)

@@ -27,6 +27,8 @@ import pytest  # pylint: disable=g-import-not-at-top
 _CACHE = pathlib.Path(os.environ.get(
     'HPUNET_JAX_CACHE', pathlib.Path(__file__).resolve().parents[1] / '.jax_cache'))
 jax.config.update('jax_compilation_cache_dir', str(_CACHE))
+# The entry points run as subprocesses (predict, run_metrics) use it too.
+os.environ['HPUNET_JAX_CACHE'] = str(_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 

@@ -173,12 +173,14 @@ def test_write_outputs_with_padding(tmp_path):
 # --- The command line. ---
 
 
-def _run_main(**flag_values) -> subprocess.CompletedProcess:
-  """Runs `python -m experiments.predict` with these flags."""
+def _run_main(env=None, **flag_values) -> subprocess.CompletedProcess:
+  """Runs `python -m experiments.predict` with these flags (and `env`
+  added to the environment)."""
   command = [sys.executable, '-m', 'experiments.predict'] + [
       f'--{name}={value}' for name, value in flag_values.items()]
   return subprocess.run(command, cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=300, check=False)
+                        text=True, timeout=300, check=False,
+                        env=dict(os.environ, **(env or {})))
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path):
@@ -232,9 +234,12 @@ def test_end_to_end_after_two_training_steps(tmp_path):
   out.mkdir()  # An earlier prediction of 6 samples: its files are replaced.
   for name in ('sample_05.png', 'sample_05_colour.png', 'std.npy'):
     (out / name).write_bytes(b'old')
+  cache = tmp_path / 'xla_cache'
   run = _run_main(workdir=workdir, image=image, out=out, num_samples=3,
-                  resize='pad', seed=1)
+                  resize='pad', seed=1, env={'HPUNET_JAX_CACHE': str(cache)})
   assert run.returncode == 0, run.stderr
+  # The compiled samplers are kept for the next prediction.
+  assert any(cache.iterdir())
   assert f'Removing 3 files of an earlier prediction from {out}' in run.stdout
   assert not (out / 'sample_05.png').exists()
   assert sorted(p.name for p in out.glob('sample_*[0-9].png')) == [

@@ -18,7 +18,6 @@ from typing import Mapping, Optional
 
 from absl import logging
 import numpy as np
-import tensorboardX
 
 from hpunet_jax.runtime import progress
 
@@ -97,8 +96,11 @@ class MetricWriter:
     self._last_step = start_step
     self._first_step_seconds = None  # Set by `first_step_done`.
     self._jsonl_path = os.path.join(workdir, METRICS_FILE)
-    self._tb: Optional[tensorboardX.SummaryWriter] = None
+    self._tb = None  # A tensorboardX.SummaryWriter on the first process.
     if enabled:
+      # Imported here: tensorboardX imports PyTorch when it is installed
+      # (1.4 s), which readers of this module (eval.figures) do not need.
+      import tensorboardX  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
       _truncate_metrics(self._jsonl_path, start_step)
       self._tb = tensorboardX.SummaryWriter(
