@@ -202,25 +202,24 @@ def load(workdir: str, step: Optional[int] = None,
   def restore(at_step):
     saved_config = (checkpointer.restore_config(at_step) if config is None
                     else None)
-    return checkpointer.restore_saved_state(at_step), saved_config
+    return checkpointer.restore_trainable(at_step), saved_config
 
   try:
     if step is None:
       found = checkpointer.restore_newest(restore, move_unreadable=False)
       if found is None:
         raise FileNotFoundError(f'No complete checkpoint in {directory}.')
-      step, (state, saved_config) = found
+      step, (trainable, saved_config) = found
     else:
       if step not in checkpointer.all_steps():
         raise FileNotFoundError(
             f'No checkpoint of step {step} in {directory}; there are '
             f'{checkpointer.all_steps() or "none"}.')
-      state, saved_config = restore(step)
+      trainable, saved_config = restore(step)
     if config is None:
       config = ml_collections.ConfigDict(saved_config)
       fill_old_spunet_fields(config, os.path.join(directory, str(step)))
   finally:
     checkpointer.close()
-  trainable = state['trainable'] if isinstance(state, dict) else state[1]
   model = models.make_model(config.model_type, config.model.to_dict())
   return TrainedRun(config, model, trainable['model'], int(step))

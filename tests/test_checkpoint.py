@@ -76,6 +76,47 @@ def test_save_restore_roundtrip(tmp_path, loader_state):
     assert got.dtype == want.dtype
     assert got.sharding == sharding.replicated(mesh)
   assert checkpointer.restore_config(3) == {'seed': 3}
+  trainable = checkpointer.restore_trainable(3)  # Evaluation's read.
+  assert jax.tree.structure(trainable) == jax.tree.structure(state.trainable)
+  for got, want in zip(jax.tree.leaves(trainable),
+                       jax.tree.leaves(state.trainable)):
+    assert isinstance(got, np.ndarray) and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+  checkpointer.close()
+
+
+def test_restore_trainable_checks_only_what_it_reads(tmp_path):
+  """Non-finite Adam moments refuse the train state but not the
+  parameters; non-finite parameters refuse both."""
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  moments_only = _state(1)
+  moments_only = moments_only._replace(opt_state=jax.tree.map(
+      lambda x: jnp.full_like(x, jnp.nan) if x.dtype == jnp.float32 else x,
+      moments_only.opt_state))
+  checkpointer.save(1, moments_only, b'{}', '{}')
+  checkpointer.wait_until_finished()
+  with pytest.raises(checkpointing.NonFiniteCheckpointError):
+    checkpointer.restore_saved_state(1)
+  np.testing.assert_array_equal(
+      checkpointer.restore_trainable(1)['model']['conv']['w'],
+      moments_only.trainable['model']['conv']['w'])
+  checkpointer.close()
+  bad = _with_non_finite_newest(tmp_path / 'bad')
+  with pytest.raises(checkpointing.NonFiniteCheckpointError,
+                     match=r'/2 holds non-finite values \(2 of 21 values are '
+                     r'NaN or infinite, first in trainable/model/conv/w\)'):
+    bad.restore_trainable(2)
+  bad.close()
+
+
+def test_restore_trainable_of_a_state_saved_as_a_sequence(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  state = _state(4)
+  checkpointer.save(4, (state.step, state.trainable), b'{}', '{}')
+  checkpointer.wait_until_finished()
+  np.testing.assert_array_equal(
+      checkpointer.restore_trainable(4)['model']['conv']['w'],
+      state.trainable['model']['conv']['w'])
   checkpointer.close()
 
 

@@ -12,9 +12,10 @@ A checkpoint directory only appears once Orbax has finished writing it, so a
 crash mid-save leaves the previous checkpoint as the latest. A checkpoint
 damaged later (a file deleted, truncated or flipped) is skipped by
 `restore_newest`, named in one warning and moved to
-`<workdir>/checkpoints_unreadable/` (kept, not deleted). Every restore of a
-train state checks that its values are finite: a checkpoint holding NaN or
-infinite values is refused (`NonFiniteCheckpointError`, naming the step and
+`<workdir>/checkpoints_unreadable/` (kept, not deleted). Every restore
+checks that the values it reads are finite (the whole train state when
+training resumes; the parameters alone, `restore_trainable`, for evaluation
+and prediction): a checkpoint holding NaN or infinite values is refused (`NonFiniteCheckpointError`, naming the step and
 the way back), and a resuming trainer skips it for the newest finite one,
 moving it to `<workdir>/checkpoints_non_finite/`. `StopRequest` turns
 SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
@@ -35,6 +36,8 @@ import orbax.checkpoint as ocp
 from hpunet_jax.runtime import checkpoint_integrity
 
 _STATE, _LOADER, _CONFIG = 'state', 'loader', 'config'
+# The train state's trained parameters (`TrainState.trainable`).
+_TRAINABLE = 'trainable'
 _ITEMS = (_STATE, _LOADER, _CONFIG)
 # Checkpoints live in `<workdir>/CHECKPOINT_DIR`.
 CHECKPOINT_DIR = 'checkpoints'
@@ -276,6 +279,30 @@ class Checkpointer:
             _STATE: ocp.args.StandardRestore()}))
     self._check_finite(step, restored[_STATE])
     return restored[_STATE]
+
+  def restore_trainable(self, step: int) -> Any:
+    """The trained parameters of a checkpoint (the state's `trainable`,
+    nested dicts of host arrays), read alone: offline evaluation needs
+    neither the optimiser's moments (twice the parameters' size) nor the
+    rest of the state. A state saved as a sequence (a `TrainState` tuple:
+    step, trainable, ...) is read whole.
+
+    Raises:
+      NonFiniteCheckpointError: the parameters hold NaN or inf.
+    """
+    path = os.path.join(self.directory, str(step), _STATE)
+    reader = ocp.PyTreeCheckpointer()
+    saved = reader.metadata(path).item_metadata.tree
+    if not isinstance(saved, dict):
+      return self.restore_saved_state(step)[1]
+    wanted = {_TRAINABLE: jax.tree.map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved[_TRAINABLE])}
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, partial_restore=True,
+        restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)))
+    self._check_finite(step, restored)
+    return restored[_TRAINABLE]
 
   def restore_config(self, step: int) -> dict:
     """The config dict saved with a checkpoint."""
