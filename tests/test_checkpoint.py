@@ -109,6 +109,18 @@ def test_restore_trainable_checks_only_what_it_reads(tmp_path):
   bad.close()
 
 
+def test_restore_trainable_of_a_state_without_parameters_says_so(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  checkpointer.save(5, {'step': jnp.int32(5)}, b'{}', '{}')
+  checkpointer.wait_until_finished()
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf"checkpoint {tmp_path}/5 holds no trained "
+                     r"parameters \(its state has \['step'\], no "
+                     r"'trainable'\)"):
+    checkpointer.restore_trainable(5)
+  checkpointer.close()
+
+
 def test_restore_trainable_of_a_state_saved_as_a_sequence(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   state = _state(4)

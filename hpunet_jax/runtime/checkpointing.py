@@ -15,10 +15,11 @@ damaged later (a file deleted, truncated or flipped) is skipped by
 `<workdir>/checkpoints_unreadable/` (kept, not deleted). Every restore
 checks that the values it reads are finite (the whole train state when
 training resumes; the parameters alone, `restore_trainable`, for evaluation
-and prediction): a checkpoint holding NaN or infinite values is refused (`NonFiniteCheckpointError`, naming the step and
-the way back), and a resuming trainer skips it for the newest finite one,
-moving it to `<workdir>/checkpoints_non_finite/`. `StopRequest` turns
-SIGTERM (preemption) into a flag so the loop saves and stops cleanly.
+and prediction): a checkpoint holding NaN or infinite values is refused
+(`NonFiniteCheckpointError`, naming the step and the way back), and a
+resuming trainer skips it for the newest finite one, moving it to
+`<workdir>/checkpoints_non_finite/`. `StopRequest` turns SIGTERM
+(preemption) into a flag so the loop saves and stops cleanly.
 """
 import base64
 import json
@@ -288,6 +289,7 @@ class Checkpointer:
     step, trainable, ...) is read whole.
 
     Raises:
+      CheckpointError: the saved state has no `trainable`.
       NonFiniteCheckpointError: the parameters hold NaN or inf.
     """
     path = os.path.join(self.directory, str(step), _STATE)
@@ -295,6 +297,10 @@ class Checkpointer:
     saved = reader.metadata(path).item_metadata.tree
     if not isinstance(saved, dict):
       return self.restore_saved_state(step)[1]
+    if _TRAINABLE not in saved:
+      raise CheckpointError(
+          f'checkpoint {os.path.dirname(path)} holds no trained parameters '
+          f'(its state has {sorted(saved)}, no {_TRAINABLE!r}).')
     wanted = {_TRAINABLE: jax.tree.map(
         lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved[_TRAINABLE])}
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from typing import Mapping, Optional
+from typing import Mapping
 
 from absl import logging
 import numpy as np
