@@ -1,16 +1,17 @@
 """Where the train step's time goes: XLA:CPU kernel time by kernel family.
 
-  python -m benchmarks.profile_train_step [--quick] [--calls 3]
+  python -m benchmarks.profile_train_step [--quick] [--calls 3] [--batch_size 32]
 
-Compiles the trainer's LIDC step (batch 8, `eigen_conv`, the trainer's malloc
-settings, as `benchmarks.train_throughput`), runs it twice, then traces
-`--calls` steps with `jax.profiler` (XLA's per-kernel trace events on) and
-sums kernel durations by family: the kernel's name without its `.N` suffix
-(`transpose_copy_fusion`, `ynn_fusion`, `multiply_add_fusion`, ...). XLA:CPU
-ends a convolution's event when it hands the work to Eigen's thread pool, so
-the convolutions' time is read as the rest: the steps' wall time minus all
-other kernels (`benchmarks.profile_convolutions` times them layer by layer).
-The shared `--compiler_options` flag is not used (always `eigen_conv`).
+Compiles the trainer's LIDC step (batch 8 unless `--batch_size`, `eigen_conv`,
+the trainer's malloc settings, as `benchmarks.train_throughput`), runs it
+twice, then traces `--calls` steps with `jax.profiler` (XLA's per-kernel trace
+events on) and sums kernel durations by family: the kernel's name without its
+`.N` suffix (`transpose_copy_fusion`, `ynn_fusion`, `multiply_add_fusion`,
+...). XLA:CPU ends a convolution's event when it hands the work to Eigen's
+thread pool, so the convolutions' time is read as the rest: the steps' wall
+time minus all other kernels (`benchmarks.profile_convolutions` times them
+layer by layer). The shared `--compiler_options` flag is not used (always
+`eigen_conv`).
 """
 import collections
 from typing import Dict
@@ -28,6 +29,8 @@ _CONVOLUTION_EVENTS = ('convolution', 'conv_general_dilated')
 def _extra_flags(parser):
   parser.add_argument('--calls', type=int, default=3,
                       help='traced steps (default 3).')
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help='batch size (default: the LIDC setup, 8).')
 
 
 def kernel_seconds_by_family(trace_events) -> Dict[str, float]:
@@ -53,6 +56,8 @@ def main():
   common.enable_compilation_cache()
   machine = common.machine_info()
   config = common.experiment_config('lidc', tiny=args.quick)
+  if args.batch_size:
+    config.batch_size = args.batch_size
   setup = train_step.build_train_steps(config, 'trainer',
                                        ['eigen_conv'])['eigen_conv']
   step = train_step.train_step_caller(setup)
