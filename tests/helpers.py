@@ -32,3 +32,17 @@ def poison_train_batches(monkeypatch, nan_draw: int) -> None:
   monkeypatch.setattr(
       pipeline, 'make_train_iterator',
       lambda *a, **k: PoisonedIterator(make_iterator(*a, **k), nan_draw))
+
+
+def tiny_lesion_run(tmp_path, variant: str):
+  """The study's tiny one-seed options for one synthetic-lesions `variant`,
+  its config for seed 0 and its run folder: `(options, config, run_dir)`."""
+  from experiments.study import options as study_options  # pylint: disable=g-import-not-at-top
+  from experiments.study import runs as study_runs  # pylint: disable=g-import-not-at-top
+  options = study_options.StudyOptions(
+      workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=(variant,),
+      cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
+  config = study_options.make_config(study_options.LESIONS, variant, 0,
+                                     options)
+  run_dir = study_runs.run_dir_of(options, study_options.LESIONS, variant, 0)
+  return options, config, run_dir

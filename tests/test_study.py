@@ -20,6 +20,7 @@ from experiments.study import synthetic as study_synthetic
 from hpunet_jax.runtime import checkpointing
 from hpunet_jax.runtime import machine
 from hpunet_jax.runtime import run_record
+from tests import helpers
 
 
 def _lesion_params(index):
@@ -323,12 +324,7 @@ def test_killed_run_evaluated_offline_is_not_pooled(tmp_path, monkeypatch):
   """The issue's probe: the study killed mid-run, `run_metrics` on the
   intermediate checkpoint, the study rerun. The offline metrics.json must
   not count as the run's result; the run is trained to its end first."""
-  options = study_options.StudyOptions(
-      workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=('hpunet',),
-      cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
-  config = study_options.make_config(study_options.LESIONS, 'hpunet', 0,
-                                     options)
-  run_dir = study_runs.run_dir_of(options, study_options.LESIONS, 'hpunet', 0)
+  options, config, run_dir = helpers.tiny_lesion_run(tmp_path, 'hpunet')
   # Killed: a stop request (SIGTERM's path) saves step 1 of 3 and stops.
   monkeypatch.setattr(checkpointing.StopRequest, 'requested',
                       lambda self: True)

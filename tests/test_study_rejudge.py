@@ -6,19 +6,14 @@ import os
 
 from eval import outputs
 from experiments import train_lib
-from experiments.study import options as study_options
 from experiments.study import runs as study_runs
 from hpunet_jax.runtime import run_record
+from tests import helpers
 
 
 def test_a_run_judged_by_the_replaced_elbo_rule_is_judged_again(
     tmp_path, monkeypatch):
-  options = study_options.StudyOptions(
-      workdir=str(tmp_path / 'runs'), seeds=1, lesion_variants=('spunet',),
-      cell_variants=(), tiny=True, data_dir=str(tmp_path / 'tfds')).resolved()
-  config = study_options.make_config(study_options.LESIONS, 'spunet', 0,
-                                     options)
-  run_dir = study_runs.run_dir_of(options, study_options.LESIONS, 'spunet', 0)
+  _, config, run_dir = helpers.tiny_lesion_run(tmp_path, 'spunet')
   first = study_runs.train_or_load(config, run_dir)
   # As the v3 study's runs, trained before the held-out settings existed:
   # the study must still accept the run as trained with its config.

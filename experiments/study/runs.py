@@ -68,23 +68,22 @@ def _check_same_config(config: ml_collections.ConfigDict,
 
 def load_eval(out_dir: str):
   """`(metrics, per_image)` of an evaluation folder."""
-  with open(os.path.join(out_dir, 'metrics.json')) as f:
-    metrics = json.load(f)
-  with np.load(os.path.join(out_dir, 'per_image.npz')) as per_image:
+  metrics = outputs.load_metrics(out_dir)
+  with np.load(os.path.join(out_dir, outputs.PER_IMAGE_FILE)) as per_image:
     return metrics, {k: per_image[k] for k in per_image.files}
 
 
 def save_eval(out_dir: str, result) -> None:
   """Writes an `EvalResult`'s metrics.json and per_image.npz to `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+  with open(os.path.join(out_dir, outputs.METRICS_FILE), 'w') as f:
     json.dump(result.metrics, f, indent=2, sort_keys=True)
-  np.savez(os.path.join(out_dir, 'per_image.npz'), **result.per_image)
+  np.savez(os.path.join(out_dir, outputs.PER_IMAGE_FILE), **result.per_image)
 
 
 def is_evaluated(out_dir: str) -> bool:
-  return all(os.path.exists(os.path.join(out_dir, name))
-             for name in ('metrics.json', 'per_image.npz'))
+  """Whether `out_dir` holds both files of an evaluation."""
+  return outputs.is_complete(out_dir)
 
 
 def completeness_problem(config: ml_collections.ConfigDict,
