@@ -76,7 +76,9 @@ def test_save_restore_roundtrip(tmp_path, loader_state):
     assert got.dtype == want.dtype
     assert got.sharding == sharding.replicated(mesh)
   assert checkpointer.restore_config(3) == {'seed': 3}
-  trainable = checkpointer.restore_trainable(3)  # Evaluation's read.
+  with warnings_logged() as warnings:
+    trainable = checkpointer.restore_trainable(3)  # Evaluation's read.
+  assert not warnings  # predict and run_metrics print what is logged.
   assert jax.tree.structure(trainable) == jax.tree.structure(state.trainable)
   for got, want in zip(jax.tree.leaves(trainable),
                        jax.tree.leaves(state.trainable)):

@@ -24,6 +24,7 @@ resuming trainer skips it for the newest finite one, moving it to
 import base64
 import json
 import os
+import pathlib
 import signal
 import threading
 from typing import Any, Callable, List, Optional, Tuple
@@ -293,8 +294,9 @@ class Checkpointer:
       NonFiniteCheckpointError: the parameters hold NaN or inf.
     """
     path = os.path.join(self.directory, str(step), _STATE)
-    reader = ocp.PyTreeCheckpointer()
-    saved = reader.metadata(path).item_metadata.tree
+    # The item's tree metadata (the Checkpointer's `metadata` would look for
+    # a step's metadata file in the item folder and log a warning).
+    saved = ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(path)).tree
     if not isinstance(saved, dict):
       return self.restore_saved_state(step)[1]
     if _TRAINABLE not in saved:
@@ -303,10 +305,11 @@ class Checkpointer:
           f'(its state has {sorted(saved)}, no {_TRAINABLE!r}).')
     wanted = {_TRAINABLE: jax.tree.map(
         lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved[_TRAINABLE])}
-    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
-        item=wanted, partial_restore=True,
-        restore_args=jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)))
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    restored = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=restore_args, partial_restore=True))
     self._check_finite(step, restored)
     return restored[_TRAINABLE]
 
