@@ -181,13 +181,15 @@ def current_rss_mib() -> float:
     return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
-def experiment_config(setup_name: str, tiny: bool = False):
+def experiment_config(setup_name: str, tiny: bool = False,
+                      batch_size: Optional[int] = None):
   """The experiment config of a `TRAIN_SETUPS` entry, with its batch size.
 
   Args:
     setup_name: a key of `TRAIN_SETUPS`.
     tiny: the experiment's `tiny` variant (32x32, 4 levels, batch 2), for
       smoke runs.
+    batch_size: replaces the setup's (or the tiny variant's) batch size.
   """
   if setup_name not in TRAIN_SETUPS:
     raise ValueError(f'Unknown training setup {setup_name!r}; expected one '
@@ -195,9 +197,12 @@ def experiment_config(setup_name: str, tiny: bool = False):
   setup = TRAIN_SETUPS[setup_name]
   module = importlib.import_module(f'experiments.{setup["experiment"]}')
   if tiny:
-    return module.get_config(setup['variant'] + ',tiny')
-  config = module.get_config(setup['variant'])
-  config.batch_size = setup['batch_size']
+    config = module.get_config(setup['variant'] + ',tiny')
+  else:
+    config = module.get_config(setup['variant'])
+    config.batch_size = setup['batch_size']
+  if batch_size:
+    config.batch_size = batch_size
   return config
 
 

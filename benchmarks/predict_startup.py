@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import common
+from hpunet_jax.runtime import run_record
 
 NAME = 'predict_startup'
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def main():
   if args.runs < 1:
     raise SystemExit(f'--runs must be >= 1, got {args.runs}.')
   machine = common.machine_info()
-  config_path = os.path.join(args.workdir, 'config.json')
+  config_path = os.path.join(args.workdir, run_record.CONFIG_FILE)
   if not os.path.exists(config_path):
     raise SystemExit(f'{config_path} not found: pass a training run.')
   with open(config_path) as f:

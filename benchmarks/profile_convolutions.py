@@ -18,7 +18,6 @@ PyTorch, in the trainer's malloc settings.
 """
 import collections
 import os
-import time
 from typing import Any, Dict, List, Tuple
 
 import jax
@@ -155,16 +154,10 @@ def torch_pass_calls(lhs_shape, rhs_shape, padding):
 
 
 def _time(call, num_runs: int, torch_call: bool) -> float:
-  if not torch_call:
-    return common.time_calls(call, num_runs=num_runs).median_s
-  for _ in range(2):  # The first calls pick and cache oneDNN's kernels.
-    call()
-  runs = []
-  for _ in range(num_runs):
-    start = time.perf_counter()
-    call()
-    runs.append(time.perf_counter() - start)
-  return float(np.median(runs))
+  """Median seconds of `call()`; PyTorch's first two calls pick and cache
+  oneDNN's kernels, so it gets two warm-up calls."""
+  return common.time_calls(call, num_runs=num_runs,
+                           num_warmup=2 if torch_call else 1).median_s
 
 
 def _layer_name(key) -> str:
@@ -179,9 +172,8 @@ def main():
   num_runs = args.runs or (3 if args.quick else 7)
   common.enable_compilation_cache()
   machine = common.machine_info()
-  config = common.experiment_config('lidc', tiny=args.quick)
-  if args.batch_size:
-    config.batch_size = args.batch_size
+  config = common.experiment_config('lidc', tiny=args.quick,
+                                    batch_size=args.batch_size)
   layers = train_convolutions(config)
   contenders: List[Tuple[str, Any]] = [
       (f'jax:{name}', name) for name in args.compiler_options]

@@ -55,9 +55,8 @@ def main():
                            retain_freed_memory=True)  # As the trainer.
   common.enable_compilation_cache()
   machine = common.machine_info()
-  config = common.experiment_config('lidc', tiny=args.quick)
-  if args.batch_size:
-    config.batch_size = args.batch_size
+  config = common.experiment_config('lidc', tiny=args.quick,
+                                    batch_size=args.batch_size)
   setup = train_step.build_train_steps(config, 'trainer',
                                        ['eigen_conv'])['eigen_conv']
   step = train_step.train_step_caller(setup)

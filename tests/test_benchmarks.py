@@ -159,6 +159,14 @@ def test_startup_times_each_phase_and_no_ynn_has_no_ynnpack_kernels():
     assert variant[key] > 0, key
 
 
+def test_experiment_config_batch_size_replaces_the_setups():
+  assert common.experiment_config('lidc').batch_size == 8
+  assert common.experiment_config('lidc', batch_size=32).batch_size == 32
+  tiny = common.experiment_config('lidc', tiny=True)
+  assert common.experiment_config(
+      'lidc', tiny=True, batch_size=3).batch_size == 3 != tiny.batch_size
+
+
 def test_profile_sampling_sums_kernel_events_by_kind():
   events = [
       {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 2e6},
